@@ -1,0 +1,135 @@
+//! The crate's single error type.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything that can go wrong in a store or in the session engine.
+///
+/// Errors that fan out to many callers (a failed group commit answers every writer in the
+/// batch) share their I/O cause through an [`Arc`], which is why the enum is [`Clone`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation of a [`FileStore`](crate::FileStore) failed.
+    #[error("session store I/O failed while {context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The store directory was created for another server or client id.
+    #[error(
+        "session store {dir} belongs to server {found_server:?} and client id {found_client:?}, \
+         not to server {expected_server:?} and client id {expected_client:?}"
+    )]
+    IdentityMismatch {
+        /// The store directory.
+        dir: PathBuf,
+        /// The server URL the caller asked for.
+        expected_server: String,
+        /// The client id the caller asked for.
+        expected_client: String,
+        /// The server URL recorded in the directory.
+        found_server: String,
+        /// The client id recorded in the directory.
+        found_client: String,
+    },
+    /// The store's identity file is unreadable, so the directory's owner cannot be verified.
+    #[error("session store metadata {path} is corrupt: {reason}")]
+    CorruptMeta {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Another [`FileStore`](crate::FileStore) of this process already has the directory open.
+    #[error("session store {0} is already open in this process")]
+    AlreadyOpen(PathBuf),
+    /// An earlier write or fsync failed; what is on disk is unknown, so the store refuses
+    /// everything until it is reopened (which replays what really reached the disk).
+    #[error("the session store failed earlier and must be reopened")]
+    StoreFailed,
+    /// The store's background writer has stopped (the store was dropped or its thread died).
+    #[error("the session store is closed")]
+    StoreClosed,
+    /// An entry kind was used with a key of the other direction (for example a PUBREC
+    /// marker under an outbound key).
+    #[error("entry kind {kind:?} does not belong under key {key:?}")]
+    KindMismatch {
+        /// The key.
+        key: crate::Key,
+        /// The kind that does not fit it.
+        kind: crate::EntryKind,
+    },
+    /// A stored value is larger than any MQTT packet can be.
+    #[error("stored value of {len} bytes exceeds the maximum MQTT packet size")]
+    ValueTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A builder was given an invalid setting.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// All 65,535 packet identifiers are held by unfinished exchanges.
+    #[error("all 65,535 packet identifiers are in use")]
+    PacketIdsExhausted,
+    /// The server answered CONNACK with Session Present = 0, so it no longer holds the
+    /// exchange this handle was waiting for. The message may or may not have been delivered;
+    /// republish it if it must arrive.
+    #[error("the server discarded the session (Session Present = 0); the exchange was abandoned")]
+    SessionLost,
+    /// The session expired (its Session Expiry Interval passed while offline, or it was 0 and
+    /// the link dropped), so it was cleared locally.
+    #[error("the session expired and was cleared")]
+    SessionExpired,
+    /// The connection closed before the server answered a SUBSCRIBE or UNSUBSCRIBE (these,
+    /// unlike PUBLISH and PUBREL, are not resent on the next connection).
+    #[error("the connection closed before the server answered")]
+    ConnectionLost,
+    /// The session engine was shut down, or failed after a store error, and can no longer
+    /// complete this exchange.
+    #[error("the session was closed")]
+    SessionClosed,
+    /// The operation needs a connection, but none is up.
+    #[error("not connected")]
+    NotConnected,
+    /// The application acknowledged a message received on a connection that has since closed.
+    /// Nothing is sent: the server redelivers the message on the next connection.
+    #[error("the connection this message arrived on has closed; the server will redeliver it")]
+    StaleAck,
+    /// The server broke the protocol (for example it acknowledged a packet id that is not in
+    /// flight with the wrong kind of acknowledgement). Carries the reason code to disconnect with.
+    #[error("protocol error by the server ({reason_code:#04x}): {what}")]
+    Protocol {
+        /// The reason code for the DISCONNECT (0x82 Protocol Error, 0x93 Receive Maximum
+        /// exceeded, ...).
+        reason_code: u8,
+        /// What happened.
+        what: &'static str,
+    },
+    /// The packet is not valid for this operation (for example a QoS 0 message passed where a
+    /// QoS 1/2 one is required, or a PUBLISH with a topic alias but no topic name).
+    #[error("invalid packet: {0}")]
+    InvalidPacket(&'static str),
+    // CODEC-VARIANT
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str, source: std::io::Error) -> Self {
+        Error::Io {
+            context,
+            source: Arc::new(source),
+        }
+    }
+
+    /// The MQTT reason code this error corresponds to, if there is one (for example the
+    /// reason to put in a DISCONNECT after [`Error::Protocol`]).
+    pub fn reason_code(&self) -> Option<u8> {
+        match self {
+            Error::Protocol { reason_code, .. } => Some(*reason_code),
+            _ => None,
+        }
+    }
+}
