@@ -1,0 +1,67 @@
+//! The crate's single error type.
+
+use std::io;
+
+/// Everything that can go wrong in this crate.
+///
+/// Marked `#[non_exhaustive]` so that new failure modes can be added without a breaking change;
+/// match the variants you handle and treat the rest as fatal for the operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation failed. `op` names what the queue was doing.
+    #[error("queue I/O failed while {op}: {source}")]
+    Io {
+        /// What the queue was doing, e.g. "appending a batch".
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The queue is at its entry or byte limit and the overflow policy is
+    /// [`Overflow::Reject`](crate::Overflow::Reject).
+    #[error("queue is full: {entries} entries, {bytes} bytes")]
+    Full {
+        /// Entries held (including enqueues in flight) when the entry was refused.
+        entries: u64,
+        /// Payload bytes held (including enqueues in flight) when the entry was refused.
+        bytes: u64,
+    },
+    /// The entry alone is larger than the per-entry or total byte limit, so it can never fit.
+    #[error("entry of {len} bytes exceeds the limit of {limit} bytes")]
+    EntryTooLarge {
+        /// The payload length.
+        len: u64,
+        /// The limit it exceeds.
+        limit: u64,
+    },
+    /// [`Queue::finish`](crate::Queue::finish) was given an entry that is not the current head,
+    /// for example because it was already removed, or dropped by
+    /// [`Overflow::DropOldest`](crate::Overflow::DropOldest) while the caller held it.
+    #[error("entry {seq} is not the head of the queue (head: {head:?})")]
+    NotHead {
+        /// The sequence number the caller passed.
+        seq: u64,
+        /// The current head, if any.
+        head: Option<u64>,
+    },
+    /// A builder was given an invalid setting.
+    #[error("invalid queue configuration: {0}")]
+    Config(&'static str),
+    /// An earlier write or fsync failed. The on-disk state after a failed fsync is unknown, so
+    /// the queue refuses further work; reopen it to recover from what is on disk.
+    #[error("the queue failed earlier and must be reopened: {0}")]
+    Failed(String),
+    /// The queue's I/O thread has stopped (the queue is closing or the thread could not start).
+    #[error("the queue's I/O thread has stopped")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { op, source }
+    }
+}
+
+/// Shorthand for results in this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

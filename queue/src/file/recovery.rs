@@ -1,0 +1,196 @@
+//! Opening a queue directory: find the segments, check every record, rebuild the index, and
+//! deal with damage (quarantine it, report it, and truncate a torn tail).
+//!
+//! Opening reads every segment once, so it costs O(bytes on disk); after that no operation
+//! rescans the directory.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use super::format::{decode_file_header, encode_file_header, Kind, FILE_HEADER_LEN, SEGMENT_MAGIC};
+use super::scan::{scan, Item};
+use super::worker::{parse_segment_name, Segment, Slot, Worker};
+use crate::entry::QuarantineReason;
+use crate::error::{Error, Result};
+
+impl Worker {
+    /// Recovers the state of the directory. On success the worker is ready to run and its state
+    /// (entries, head, reports of any damage) has been published.
+    pub(crate) fn recover(&mut self) -> Result<()> {
+        fs::create_dir_all(&self.cfg.dir).map_err(Error::io("creating the queue directory"))?;
+        let found = self.list_segments()?;
+        if found.is_empty() {
+            self.create_segment(1)?;
+            self.next_seq = 1;
+        } else {
+            self.recover_segments(found)?;
+        }
+        self.reclaim()?;
+        self.load_head()?;
+        self.publish(Vec::new());
+        tracing::debug!(
+            dir = %self.cfg.dir.display(),
+            entries = self.index.len(),
+            next_seq = self.next_seq,
+            "paho-queue: opened"
+        );
+        Ok(())
+    }
+
+    /// Segment files sorted by the base sequence number in their names (never by mtime).
+    fn list_segments(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let mut found = Vec::new();
+        let rd = fs::read_dir(&self.cfg.dir).map_err(Error::io("listing the queue directory"))?;
+        for ent in rd {
+            let ent = ent.map_err(Error::io("listing the queue directory"))?;
+            let name = ent.file_name();
+            if let Some(base) = name.to_str().and_then(parse_segment_name) {
+                found.push((base, ent.path()));
+            }
+        }
+        found.sort_by_key(|(base, _)| *base);
+        Ok(found)
+    }
+
+    fn recover_segments(&mut self, found: Vec<(u64, PathBuf)>) -> Result<()> {
+        let count = found.len();
+        let mut head = 0u64;
+        let mut last_seq = 0u64;
+        for (i, (base, path)) in found.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let data = fs::read(&path).map_err(Error::io("reading a segment"))?;
+            let mut len = data.len() as u64;
+            if decode_file_header(&data, SEGMENT_MAGIC) != Some(base) {
+                // A crash between creating a segment and syncing its header leaves it short; any
+                // other bad header is damage. Keep the bytes, then write a good header so later
+                // opens do not report the same damage again.
+                let bad = &data[..data.len().min(FILE_HEADER_LEN)];
+                if !bad.is_empty() {
+                    let reason = if is_last && data.len() <= FILE_HEADER_LEN {
+                        QuarantineReason::TornTail
+                    } else {
+                        QuarantineReason::Garbled
+                    };
+                    self.write_quarantine(None, 0, reason, bad)?;
+                }
+                self.rewrite_header(&path, base)?;
+                len = len.max(FILE_HEADER_LEN as u64);
+            }
+            let items = scan(&data, FILE_HEADER_LEN.min(data.len()));
+            let mut truncate_at = None;
+            let n_items = items.len();
+            for (k, item) in items.into_iter().enumerate() {
+                let at_tail = is_last && k + 1 == n_items;
+                match item {
+                    Item::Record {
+                        offset,
+                        header,
+                        data_ok,
+                    } => {
+                        let start = offset as usize + super::format::RECORD_HEADER_LEN;
+                        let payload = &data[start..start + header.len as usize];
+                        match header.kind {
+                            Kind::Head => head = head.max(header.seq),
+                            Kind::Entry if !data_ok && at_tail => {
+                                // Most likely a write torn by a crash before its fsync returned
+                                // (so never acknowledged); quarantined either way.
+                                self.write_quarantine(
+                                    Some(header.seq),
+                                    header.time_ms,
+                                    QuarantineReason::TornTail,
+                                    payload,
+                                )?;
+                                truncate_at = Some(offset);
+                            }
+                            Kind::Entry if header.seq > last_seq && header.seq >= base => {
+                                last_seq = header.seq;
+                                self.index.push_back(Slot {
+                                    seq: header.seq,
+                                    segment: base,
+                                    offset,
+                                    len: header.len,
+                                    time_ms: header.time_ms,
+                                    corrupt: !data_ok,
+                                });
+                                self.live_bytes += u64::from(header.len);
+                            }
+                            // An entry out of sequence order, or a quarantine record inside a
+                            // segment: not something this queue wrote there. Keep, report.
+                            Kind::Entry | Kind::Quarantined => {
+                                let seq = (header.kind == Kind::Entry).then_some(header.seq);
+                                self.write_quarantine(
+                                    seq,
+                                    header.time_ms,
+                                    QuarantineReason::Garbled,
+                                    payload,
+                                )?;
+                            }
+                        }
+                    }
+                    Item::Damage { offset, len, tail } => {
+                        let bytes = &data[offset as usize..(offset + len) as usize];
+                        if tail && is_last {
+                            self.write_quarantine(None, 0, QuarantineReason::TornTail, bytes)?;
+                            truncate_at = Some(offset);
+                        } else {
+                            self.write_quarantine(None, 0, QuarantineReason::Garbled, bytes)?;
+                        }
+                    }
+                }
+            }
+            if let Some(at) = truncate_at {
+                // The damaged bytes are safe in quarantine (fsync'd above); cut them off so new
+                // records follow the last good one.
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(Error::io("opening a segment to truncate"))?;
+                f.set_len(at).map_err(Error::io("truncating a torn tail"))?;
+                self.pending.fsyncs += 1;
+                f.sync_all()
+                    .map_err(Error::io("syncing a truncated segment"))?;
+                len = at;
+            }
+            self.segments.push_back(Segment { base, path, len });
+        }
+
+        // Segments are deleted only once consumed, so everything before the oldest one was.
+        if let Some(first) = self.segments.front() {
+            head = head.max(first.base);
+        }
+        while self.index.front().is_some_and(|s| s.seq < head) {
+            if let Some(s) = self.index.pop_front() {
+                self.live_bytes -= u64::from(s.len);
+            }
+        }
+        let last_base = self.segments.back().map_or(1, |s| s.base);
+        self.next_seq = (last_seq + 1).max(last_base).max(head).max(1);
+
+        let (path, len) = match self.segments.back() {
+            Some(s) => (s.path.clone(), s.len),
+            None => return Err(Error::Failed("no segment after recovery".into())),
+        };
+        let mut active = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("opening the active segment"))?;
+        active
+            .seek(SeekFrom::Start(len))
+            .map_err(Error::io("seeking to the end of the active segment"))?;
+        self.active = Some(active);
+        Ok(())
+    }
+
+    fn rewrite_header(&mut self, path: &PathBuf, base: u64) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(Error::io("opening a segment to repair its header"))?;
+        f.write_all(&encode_file_header(SEGMENT_MAGIC, base))
+            .map_err(Error::io("repairing a segment header"))?;
+        self.pending.fsyncs += 1;
+        f.sync_all()
+            .map_err(Error::io("syncing a repaired segment header"))
+    }
+}

@@ -1,0 +1,653 @@
+//! The I/O thread. It owns every file handle and the index of live entries; async callers talk
+//! to it through a channel and get answers through oneshot channels.
+//!
+//! Group commit: the thread blocks for one command, then drains whatever else is already
+//! waiting (up to [`MAX_BATCH`]), writes all resulting records with one `write` and makes them
+//! durable with one `fsync`, and only then answers. While it is in `fsync`, new enqueues pile up
+//! in the channel and form the next batch, so N concurrent producers share one fsync.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::format::{
+    decode_record_header, encode_file_header, encode_record, Kind, FILE_HEADER_LEN,
+    QUARANTINE_MAGIC, RECORD_HEADER_LEN, SEGMENT_MAGIC, UNKNOWN_SEQ,
+};
+use super::{Command, Config, Shared, QUARANTINE_FILE};
+use crate::entry::{Dropped, Enqueued, Entry, QuarantineReason, Report};
+use crate::error::{Error, Result};
+use crate::limits::{Overflow, MAX_ENTRY_BYTES};
+use crate::oneshot;
+use crate::wait::lock;
+
+/// At most this many commands share one write + fsync. Bounds the latency of the first
+/// command in a batch and the memory of the write buffer.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// Write the buffer out (without fsync) once it grows past this, so large entries in a big
+/// batch do not pile up in memory.
+const FLUSH_THRESHOLD: usize = 4 * 1024 * 1024;
+
+/// One segment file on disk.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    /// The first sequence number the segment may hold; also in its name and header.
+    pub(crate) base: u64,
+    pub(crate) path: PathBuf,
+    /// Bytes written to the file (the append position).
+    pub(crate) len: u64,
+}
+
+/// Where a live entry is. 40 bytes per queued entry is the queue's memory cost; payloads stay
+/// on disk, except the head's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    pub(crate) seq: u64,
+    /// Base of the segment holding the record.
+    pub(crate) segment: u64,
+    /// Offset of the record header in that segment.
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) time_ms: u64,
+    /// The payload failed its checksum when the directory was opened.
+    pub(crate) corrupt: bool,
+}
+
+/// Counters and reports gathered while processing, published to [`Shared`] in one go.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub(crate) fsyncs: u64,
+    pub(crate) enqueued: u64,
+    pub(crate) removed: u64,
+    pub(crate) quarantined: u64,
+    pub(crate) dropped: u64,
+    pub(crate) reports: Vec<Report>,
+}
+
+pub(crate) enum Answer {
+    Enqueued {
+        reply: oneshot::Sender<Result<Enqueued>>,
+        result: Result<Enqueued>,
+        /// Bytes reserved by the caller's admission check, released now.
+        reserved: Option<u64>,
+    },
+    Done {
+        reply: oneshot::Sender<Result<()>>,
+        result: Result<()>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) cfg: Config,
+    pub(crate) shared: Arc<Mutex<Shared>>,
+    pub(crate) segments: VecDeque<Segment>,
+    /// Write handle of the newest segment.
+    pub(crate) active: Option<File>,
+    /// Read handle (segment base, file) used to load the head.
+    pub(crate) reader: Option<(u64, File)>,
+    pub(crate) quarantine: Option<File>,
+    pub(crate) index: VecDeque<Slot>,
+    pub(crate) live_bytes: u64,
+    pub(crate) next_seq: u64,
+    /// Records encoded but not yet written to the active segment.
+    pub(crate) buf: Vec<u8>,
+    /// Records written without an fsync yet (lazy removals).
+    pub(crate) unsynced: bool,
+    /// The loaded head entry.
+    pub(crate) head: Option<Entry>,
+    pub(crate) failed: Option<String>,
+    pub(crate) pending: Pending,
+}
+
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("seg-{base:020}.q"))
+}
+
+/// Parses a segment file name back into its base sequence number.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".q")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn sync_file(f: &File, pending: &mut Pending, op: &'static str) -> Result<()> {
+    pending.fsyncs += 1;
+    f.sync_data().map_err(Error::io(op))
+}
+
+impl Worker {
+    pub(crate) fn new(cfg: Config, shared: Arc<Mutex<Shared>>) -> Self {
+        Worker {
+            cfg,
+            shared,
+            segments: VecDeque::new(),
+            active: None,
+            reader: None,
+            quarantine: None,
+            index: VecDeque::new(),
+            live_bytes: 0,
+            next_seq: 1,
+            buf: Vec::new(),
+            unsynced: false,
+            head: None,
+            failed: None,
+            pending: Pending::default(),
+        }
+    }
+
+    /// The command loop. Returns when the queue is closed or dropped.
+    pub(crate) fn run(mut self, rx: Receiver<Command>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if self.process(batch) {
+                return;
+            }
+        }
+        // Every sender is gone: the queue was dropped. Make lazy removals durable.
+        if self.failed.is_none() {
+            if let Err(e) = self.commit(true) {
+                tracing::error!(error = %e, "paho-queue: final sync failed");
+            }
+        }
+    }
+
+    /// Processes one batch; returns true if the queue is closing.
+    fn process(&mut self, batch: Vec<Command>) -> bool {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut need_sync = false;
+        let mut head_moved = false;
+        let mut close = None;
+        for cmd in batch {
+            match cmd {
+                Command::Append {
+                    payload,
+                    time_ms,
+                    reserved,
+                    reply,
+                } => {
+                    let reserved = reserved.then_some(payload.len() as u64);
+                    let result = if let Some(msg) = &self.failed {
+                        Err(Error::Failed(msg.clone()))
+                    } else {
+                        self.append(&payload, time_ms)
+                    };
+                    match &result {
+                        Ok(e) => {
+                            need_sync = true;
+                            head_moved |= !e.dropped().is_empty();
+                        }
+                        Err(e) => self.fail(e),
+                    }
+                    answers.push(Answer::Enqueued {
+                        reply,
+                        result,
+                        reserved,
+                    });
+                }
+                Command::Finish {
+                    seq,
+                    quarantine,
+                    reply,
+                } => {
+                    let result = if let Some(msg) = &self.failed {
+                        Err(Error::Failed(msg.clone()))
+                    } else {
+                        self.finish(seq, quarantine)
+                    };
+                    match &result {
+                        Ok(()) => {
+                            head_moved = true;
+                            need_sync |= self.cfg.sync_removals;
+                        }
+                        Err(Error::NotHead { .. }) => {}
+                        Err(e) => self.fail(e),
+                    }
+                    answers.push(Answer::Done { reply, result });
+                }
+                Command::Close { reply } => {
+                    need_sync = true;
+                    close = Some(reply);
+                }
+            }
+        }
+        if self.failed.is_none() {
+            if head_moved {
+                self.write_head_record();
+            }
+            let res = self
+                .commit(need_sync)
+                .and_then(|()| self.load_head())
+                .and_then(|()| self.reclaim());
+            if let Err(e) = res {
+                self.fail(&e);
+            }
+        }
+        self.publish(answers);
+        if let Some(reply) = close {
+            reply.send(match &self.failed {
+                Some(msg) => Err(Error::Failed(msg.clone())),
+                None => Ok(()),
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Marks the queue failed: after a failed write or fsync the kernel may have dropped dirty
+    /// pages, so nothing in memory can be trusted to match the disk any more.
+    fn fail(&mut self, e: &Error) {
+        if self.failed.is_none() {
+            tracing::error!(error = %e, "paho-queue: I/O failed; the queue must be reopened");
+            self.failed = Some(e.to_string());
+        }
+    }
+
+    fn append(&mut self, payload: &[u8], time_ms: u64) -> Result<Enqueued> {
+        let len = payload.len() as u64;
+        let mut dropped = Vec::new();
+        if self.cfg.limits.overflow() == Overflow::DropOldest {
+            while !self
+                .cfg
+                .limits
+                .fits(self.index.len() as u64, self.live_bytes, len)
+            {
+                let Some(old) = self.pop_front() else { break };
+                let d = Dropped::new(old.seq, old.time_ms, u64::from(old.len));
+                self.pending.dropped += 1;
+                self.pending.reports.push(Report::Dropped(d.clone()));
+                dropped.push(d);
+            }
+        }
+        let record_len = (RECORD_HEADER_LEN as u64).saturating_add(len);
+        let (seg_len, _) = self.active_segment()?;
+        let used = seg_len + self.buf.len() as u64;
+        // Roll to a new segment when this record would overflow a non-empty one. A record larger
+        // than the segment size gets a segment to itself.
+        if used > FILE_HEADER_LEN as u64 && used.saturating_add(record_len) > self.cfg.segment_bytes
+        {
+            self.roll()?;
+        }
+        let (seg_len, seg_base) = self.active_segment()?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let offset = seg_len + self.buf.len() as u64;
+        encode_record(&mut self.buf, Kind::Entry, 0, seq, time_ms, payload);
+        self.index.push_back(Slot {
+            seq,
+            segment: seg_base,
+            offset,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            time_ms,
+            corrupt: false,
+        });
+        self.live_bytes += len;
+        self.pending.enqueued += 1;
+        if self.buf.len() > FLUSH_THRESHOLD {
+            self.flush_buf()?;
+        }
+        Ok(Enqueued::new(seq, dropped))
+    }
+
+    fn active_segment(&self) -> Result<(u64, u64)> {
+        self.segments
+            .back()
+            .map(|s| (s.len, s.base))
+            .ok_or(Error::Failed("no active segment".into()))
+    }
+
+    fn finish(&mut self, seq: u64, quarantine: bool) -> Result<()> {
+        let head = self.index.front().copied();
+        let Some(slot) = head.filter(|s| s.seq == seq) else {
+            return Err(Error::NotHead {
+                seq,
+                head: head.map(|s| s.seq),
+            });
+        };
+        if quarantine {
+            let raw = self.read_raw(&slot)?;
+            self.write_quarantine(
+                Some(slot.seq),
+                slot.time_ms,
+                QuarantineReason::Unreadable,
+                &raw,
+            )?;
+        } else {
+            self.pending.removed += 1;
+        }
+        self.pop_front();
+        Ok(())
+    }
+
+    fn pop_front(&mut self) -> Option<Slot> {
+        let s = self.index.pop_front()?;
+        self.live_bytes -= u64::from(s.len);
+        Some(s)
+    }
+
+    /// Appends a head record: everything before the current head has been consumed.
+    fn write_head_record(&mut self) {
+        let head = self.index.front().map_or(self.next_seq, |s| s.seq);
+        encode_record(&mut self.buf, Kind::Head, 0, head, 0, &[]);
+    }
+
+    fn flush_buf(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let file = self
+            .active
+            .as_mut()
+            .ok_or(Error::Failed("no active segment".into()))?;
+        file.write_all(&self.buf)
+            .map_err(Error::io("appending records"))?;
+        if let Some(seg) = self.segments.back_mut() {
+            seg.len += self.buf.len() as u64;
+        }
+        self.buf.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Writes the buffer out, and fsyncs if `sync` (and anything is unsynced).
+    pub(crate) fn commit(&mut self, sync: bool) -> Result<()> {
+        self.flush_buf()?;
+        if sync && self.unsynced {
+            if let Some(file) = &self.active {
+                sync_file(file, &mut self.pending, "syncing a segment")?;
+            }
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment at the next sequence number.
+    fn roll(&mut self) -> Result<()> {
+        // The old segment's records must be durable on their own: the batch's final fsync only
+        // covers the new file.
+        self.commit(true)?;
+        self.create_segment(self.next_seq)
+    }
+
+    pub(crate) fn create_segment(&mut self, base: u64) -> Result<()> {
+        let path = segment_path(&self.cfg.dir, base);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("creating a segment"))?;
+        file.write_all(&encode_file_header(SEGMENT_MAGIC, base))
+            .map_err(Error::io("writing a segment header"))?;
+        sync_file(&file, &mut self.pending, "syncing a new segment")?;
+        self.sync_dir()?;
+        self.segments.push_back(Segment {
+            base,
+            path,
+            len: FILE_HEADER_LEN as u64,
+        });
+        self.active = Some(file);
+        Ok(())
+    }
+
+    /// fsyncs the directory, so created, truncated or removed files survive a crash.
+    pub(crate) fn sync_dir(&mut self) -> Result<()> {
+        let dir = File::open(&self.cfg.dir).map_err(Error::io("opening the queue directory"))?;
+        self.pending.fsyncs += 1;
+        dir.sync_all()
+            .map_err(Error::io("syncing the queue directory"))
+    }
+
+    /// Deletes segments whose entries have all been consumed. The newest segment is never
+    /// deleted: it is where appends go.
+    pub(crate) fn reclaim(&mut self) -> Result<()> {
+        let head = self.index.front().map_or(self.next_seq, |s| s.seq);
+        let mut removed = false;
+        while self.segments.len() >= 2 && self.segments[1].base <= head {
+            let Some(seg) = self.segments.pop_front() else {
+                break;
+            };
+            if self.reader.as_ref().is_some_and(|(b, _)| *b == seg.base) {
+                self.reader = None;
+            }
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing a consumed segment")(e)),
+            }
+            tracing::debug!(base = seg.base, "paho-queue: reclaimed segment");
+            removed = true;
+        }
+        if removed {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure `self.head` holds the first live entry, quarantining entries that fail their
+    /// checksum on the way (never handing them out as data).
+    pub(crate) fn load_head(&mut self) -> Result<()> {
+        let mut moved = false;
+        loop {
+            let Some(slot) = self.index.front().copied() else {
+                self.head = None;
+                break;
+            };
+            if self.head.as_ref().is_some_and(|h| h.seq() == slot.seq) {
+                break;
+            }
+            if !slot.corrupt {
+                if let Some(payload) = self.read_verified(&slot)? {
+                    self.head = Some(Entry::new(slot.seq, slot.time_ms, payload));
+                    break;
+                }
+            }
+            let raw = self.read_raw(&slot)?;
+            self.write_quarantine(
+                Some(slot.seq),
+                slot.time_ms,
+                QuarantineReason::Checksum,
+                &raw,
+            )?;
+            self.pop_front();
+            moved = true;
+        }
+        if moved {
+            self.write_head_record();
+            self.commit(true)?;
+        }
+        Ok(())
+    }
+
+    fn reader_for(&mut self, segment: u64) -> Result<&mut File> {
+        if self.reader.as_ref().is_none_or(|(b, _)| *b != segment) {
+            let path = segment_path(&self.cfg.dir, segment);
+            let file = File::open(path).map_err(Error::io("opening a segment for reading"))?;
+            self.reader = Some((segment, file));
+        }
+        match &mut self.reader {
+            Some((_, f)) => Ok(f),
+            None => Err(Error::Failed("segment reader missing".into())),
+        }
+    }
+
+    /// Reads the record at `slot`. `Ok(None)` if its header or payload does not match.
+    fn read_verified(&mut self, slot: &Slot) -> Result<Option<Bytes>> {
+        let f = self.reader_for(slot.segment)?;
+        f.seek(SeekFrom::Start(slot.offset))
+            .map_err(Error::io("seeking to the head"))?;
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        f.read_exact(&mut h)
+            .map_err(Error::io("reading the head record"))?;
+        let Some(header) = decode_record_header(&h) else {
+            return Ok(None);
+        };
+        if header.kind != Kind::Entry || header.seq != slot.seq || header.len != slot.len {
+            return Ok(None);
+        }
+        // `slot.len` came from a checksummed header that fit in the file, or from our own
+        // append, and is at most MAX_ENTRY_BYTES: safe to allocate.
+        let mut payload = vec![0u8; slot.len as usize];
+        f.read_exact(&mut payload)
+            .map_err(Error::io("reading the head payload"))?;
+        if crc32fast::hash(&payload) != header.data_crc {
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(payload)))
+    }
+
+    /// Reads the payload bytes at `slot` as stored, without verifying them (for quarantine).
+    fn read_raw(&mut self, slot: &Slot) -> Result<Vec<u8>> {
+        self.flush_buf()?;
+        let f = self.reader_for(slot.segment)?;
+        f.seek(SeekFrom::Start(slot.offset + RECORD_HEADER_LEN as u64))
+            .map_err(Error::io("seeking to a record"))?;
+        let mut payload = Vec::new();
+        f.take(u64::from(slot.len))
+            .read_to_end(&mut payload)
+            .map_err(Error::io("reading a record"))?;
+        Ok(payload)
+    }
+
+    /// Appends `data` to the quarantine file and fsyncs it, then reports it. Called before the
+    /// entry's removal is written, so the bytes are safe before they leave the queue.
+    pub(crate) fn write_quarantine(
+        &mut self,
+        seq: Option<u64>,
+        time_ms: u64,
+        reason: QuarantineReason,
+        data: &[u8],
+    ) -> Result<()> {
+        if self.quarantine.is_none() {
+            let path = self.cfg.dir.join(QUARANTINE_FILE);
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(Error::io("opening the quarantine file"))?;
+            let len = f
+                .metadata()
+                .map_err(Error::io("reading quarantine metadata"))?
+                .len();
+            if len == 0 {
+                f.write_all(&encode_file_header(QUARANTINE_MAGIC, 0))
+                    .map_err(Error::io("writing the quarantine header"))?;
+                self.sync_dir()?;
+            }
+            self.quarantine = Some(f);
+        }
+        let mut rec = Vec::with_capacity(RECORD_HEADER_LEN + data.len().min(1 << 20));
+        // A garbled range can in theory exceed the record limit: split it.
+        let chunk = usize::try_from(MAX_ENTRY_BYTES).unwrap_or(usize::MAX);
+        let mut parts = data.chunks(chunk).peekable();
+        if parts.peek().is_none() {
+            encode_record(
+                &mut rec,
+                Kind::Quarantined,
+                reason.code(),
+                seq.unwrap_or(UNKNOWN_SEQ),
+                time_ms,
+                &[],
+            );
+        }
+        for part in parts {
+            encode_record(
+                &mut rec,
+                Kind::Quarantined,
+                reason.code(),
+                seq.unwrap_or(UNKNOWN_SEQ),
+                time_ms,
+                part,
+            );
+        }
+        if let Some(f) = &mut self.quarantine {
+            f.write_all(&rec)
+                .map_err(Error::io("writing the quarantine file"))?;
+            sync_file(f, &mut self.pending, "syncing the quarantine file")?;
+        }
+        self.pending.quarantined += 1;
+        self.pending.reports.push(Report::Quarantined {
+            seq,
+            reason,
+            len: data.len() as u64,
+        });
+        Ok(())
+    }
+
+    /// Publishes the new state to async callers, then answers them. The state is updated
+    /// before any answer is sent, so a caller whose `finish` returned sees the new head.
+    pub(crate) fn publish(&mut self, answers: Vec<Answer>) {
+        let pending = std::mem::take(&mut self.pending);
+        let made_room = pending.removed + pending.quarantined + pending.dropped > 0;
+        {
+            let mut s = lock(&self.shared);
+            for a in &answers {
+                if let Answer::Enqueued {
+                    reserved: Some(len),
+                    ..
+                } = a
+                {
+                    s.reserved_entries = s.reserved_entries.saturating_sub(1);
+                    s.reserved_bytes = s.reserved_bytes.saturating_sub(*len);
+                }
+            }
+            s.stats.fsyncs += pending.fsyncs;
+            s.stats.enqueued += pending.enqueued;
+            s.stats.removed += pending.removed;
+            s.stats.quarantined += pending.quarantined;
+            s.stats.dropped += pending.dropped;
+            for r in pending.reports {
+                if s.reports.push(r) {
+                    s.stats.reports_discarded += 1;
+                }
+            }
+            if let Some(msg) = &self.failed {
+                s.failed = Some(msg.clone());
+                s.head = None;
+                s.non_empty.wake_all();
+                s.space.wake_all();
+            } else {
+                s.entries = self.index.len() as u64;
+                s.bytes = self.live_bytes;
+                s.head = self.head.as_ref().map(Entry::clone_entry);
+                if s.entries > 0 {
+                    s.non_empty.wake_all();
+                }
+                if made_room {
+                    s.space.wake_all();
+                }
+            }
+        }
+        for a in answers {
+            match a {
+                Answer::Enqueued { reply, result, .. } => {
+                    reply.send(self.final_result(result));
+                }
+                Answer::Done { reply, result } => reply.send(self.final_result(result)),
+            }
+        }
+    }
+
+    /// An operation that succeeded in memory but whose batch failed to commit has failed.
+    fn final_result<T>(&self, result: Result<T>) -> Result<T> {
+        match (&self.failed, result) {
+            (_, Err(e)) => Err(e),
+            (Some(msg), Ok(_)) => Err(Error::Failed(msg.clone())),
+            (None, Ok(v)) => Ok(v),
+        }
+    }
+}
