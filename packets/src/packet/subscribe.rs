@@ -1,0 +1,155 @@
+//! SUBSCRIBE and SUBACK (MQTT v5 sections 3.8 and 3.9).
+
+use bytes::{BufMut, BytesMut};
+
+use super::{read_packet_id, Body, PacketType, Sizes};
+use crate::properties::{SubAckProperties, SubscribeProperties};
+use crate::reason::SubAckReasonCode;
+use crate::wire::{self, Reader};
+use crate::{topic, Error, MqttString, PacketId, SubscriptionOptions};
+
+/// One topic filter of a SUBSCRIBE, with its options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// The topic filter (wildcards and `$share/group/` allowed).
+    pub filter: MqttString,
+    /// The subscription options.
+    pub options: SubscriptionOptions,
+}
+
+impl Subscription {
+    /// A subscription to `filter` with the given options.
+    pub fn new(filter: impl Into<MqttString>, options: SubscriptionOptions) -> Self {
+        Subscription {
+            filter: filter.into(),
+            options,
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        topic::validate_topic_filter(&self.filter)?;
+        if self.options.no_local && topic::split_shared(&self.filter)?.is_some() {
+            return Err(Error::NoLocalOnSharedSubscription(self.filter.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// A request to subscribe to one or more topic filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// The identifier the SUBACK will carry.
+    pub packet_id: PacketId,
+    /// Subscription identifier and user properties.
+    pub properties: SubscribeProperties,
+    /// The filters; at least one.
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Subscribe {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Subscribe, Error> {
+        let packet_id = read_packet_id(r, "SUBSCRIBE")?;
+        let properties = SubscribeProperties::read(r)?;
+        let mut subscriptions = Vec::new();
+        while r.remaining() > 0 {
+            let filter = r.string("topic filter")?;
+            let options = SubscriptionOptions::from_byte(r.u8("subscription options")?)?;
+            let s = Subscription { filter, options };
+            s.check()?;
+            subscriptions.push(s);
+        }
+        if subscriptions.is_empty() {
+            return Err(Error::EmptyPayload("SUBSCRIBE"));
+        }
+        Ok(Subscribe {
+            packet_id,
+            properties,
+            subscriptions,
+        })
+    }
+}
+
+impl Body for Subscribe {
+    const TYPE: PacketType = PacketType::Subscribe;
+
+    fn sizes(&self) -> Result<Sizes, Error> {
+        if self.subscriptions.is_empty() {
+            return Err(Error::EmptyPayload("SUBSCRIBE"));
+        }
+        let props = self.properties.body_len()?;
+        let mut n = 2 + wire::varint_len(props) + props;
+        for s in &self.subscriptions {
+            wire::check_str(&s.filter)?;
+            s.check()?;
+            n += 2 + s.filter.len() + 1;
+        }
+        Ok(Sizes {
+            remaining: n,
+            props,
+            will_props: 0,
+        })
+    }
+
+    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id.get());
+        self.properties.put(sizes.props, buf);
+        for s in &self.subscriptions {
+            wire::put_prefixed(buf, s.filter.as_bytes());
+            buf.put_u8(s.options.to_byte());
+        }
+    }
+}
+
+/// The server's answer to SUBSCRIBE: one reason code per filter, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubAck {
+    /// The SUBSCRIBE's identifier.
+    pub packet_id: PacketId,
+    /// Reason string and user properties.
+    pub properties: SubAckProperties,
+    /// One code per requested filter.
+    pub reason_codes: Vec<SubAckReasonCode>,
+}
+
+impl SubAck {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<SubAck, Error> {
+        let packet_id = read_packet_id(r, "SUBACK")?;
+        let properties = SubAckProperties::read(r)?;
+        let mut reason_codes = Vec::with_capacity(r.remaining());
+        while r.remaining() > 0 {
+            reason_codes.push(SubAckReasonCode::try_from(r.u8("reason code")?)?);
+        }
+        if reason_codes.is_empty() {
+            return Err(Error::EmptyPayload("SUBACK"));
+        }
+        Ok(SubAck {
+            packet_id,
+            properties,
+            reason_codes,
+        })
+    }
+}
+
+impl Body for SubAck {
+    const TYPE: PacketType = PacketType::SubAck;
+
+    fn sizes(&self) -> Result<Sizes, Error> {
+        if self.reason_codes.is_empty() {
+            return Err(Error::EmptyPayload("SUBACK"));
+        }
+        let props = self.properties.body_len()?;
+        Ok(Sizes {
+            remaining: 2 + wire::varint_len(props) + props + self.reason_codes.len(),
+            props,
+            will_props: 0,
+        })
+    }
+
+    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id.get());
+        self.properties.put(sizes.props, buf);
+        for c in &self.reason_codes {
+            buf.put_u8(c.as_u8());
+        }
+    }
+}

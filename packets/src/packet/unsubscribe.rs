@@ -1,0 +1,125 @@
+//! UNSUBSCRIBE and UNSUBACK (MQTT v5 sections 3.10 and 3.11).
+
+use bytes::{BufMut, BytesMut};
+
+use super::{read_packet_id, Body, PacketType, Sizes};
+use crate::properties::{SubAckProperties, UnsubscribeProperties};
+use crate::reason::UnsubAckReasonCode;
+use crate::wire::{self, Reader};
+use crate::{topic, Error, MqttString, PacketId};
+
+/// A request to remove one or more subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsubscribe {
+    /// The identifier the UNSUBACK will carry.
+    pub packet_id: PacketId,
+    /// User properties.
+    pub properties: UnsubscribeProperties,
+    /// The filters to remove; at least one.
+    pub filters: Vec<MqttString>,
+}
+
+impl Unsubscribe {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Unsubscribe, Error> {
+        let packet_id = read_packet_id(r, "UNSUBSCRIBE")?;
+        let properties = UnsubscribeProperties::read(r)?;
+        let mut filters = Vec::new();
+        while r.remaining() > 0 {
+            let f = r.string("topic filter")?;
+            topic::validate_topic_filter(&f)?;
+            filters.push(f);
+        }
+        if filters.is_empty() {
+            return Err(Error::EmptyPayload("UNSUBSCRIBE"));
+        }
+        Ok(Unsubscribe {
+            packet_id,
+            properties,
+            filters,
+        })
+    }
+}
+
+impl Body for Unsubscribe {
+    const TYPE: PacketType = PacketType::Unsubscribe;
+
+    fn sizes(&self) -> Result<Sizes, Error> {
+        if self.filters.is_empty() {
+            return Err(Error::EmptyPayload("UNSUBSCRIBE"));
+        }
+        let props = self.properties.body_len()?;
+        let mut n = 2 + wire::varint_len(props) + props;
+        for f in &self.filters {
+            wire::check_str(f)?;
+            topic::validate_topic_filter(f)?;
+            n += 2 + f.len();
+        }
+        Ok(Sizes {
+            remaining: n,
+            props,
+            will_props: 0,
+        })
+    }
+
+    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id.get());
+        self.properties.put(sizes.props, buf);
+        for f in &self.filters {
+            wire::put_prefixed(buf, f.as_bytes());
+        }
+    }
+}
+
+/// The server's answer to UNSUBSCRIBE: one reason code per filter, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubAck {
+    /// The UNSUBSCRIBE's identifier.
+    pub packet_id: PacketId,
+    /// Reason string and user properties.
+    pub properties: SubAckProperties,
+    /// One code per filter.
+    pub reason_codes: Vec<UnsubAckReasonCode>,
+}
+
+impl UnsubAck {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<UnsubAck, Error> {
+        let packet_id = read_packet_id(r, "UNSUBACK")?;
+        let properties = SubAckProperties::read(r)?;
+        let mut reason_codes = Vec::with_capacity(r.remaining());
+        while r.remaining() > 0 {
+            reason_codes.push(UnsubAckReasonCode::try_from(r.u8("reason code")?)?);
+        }
+        if reason_codes.is_empty() {
+            return Err(Error::EmptyPayload("UNSUBACK"));
+        }
+        Ok(UnsubAck {
+            packet_id,
+            properties,
+            reason_codes,
+        })
+    }
+}
+
+impl Body for UnsubAck {
+    const TYPE: PacketType = PacketType::UnsubAck;
+
+    fn sizes(&self) -> Result<Sizes, Error> {
+        if self.reason_codes.is_empty() {
+            return Err(Error::EmptyPayload("UNSUBACK"));
+        }
+        let props = self.properties.body_len()?;
+        Ok(Sizes {
+            remaining: 2 + wire::varint_len(props) + props + self.reason_codes.len(),
+            props,
+            will_props: 0,
+        })
+    }
+
+    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id.get());
+        self.properties.put(sizes.props, buf);
+        for c in &self.reason_codes {
+            buf.put_u8(c.as_u8());
+        }
+    }
+}

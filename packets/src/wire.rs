@@ -1,0 +1,266 @@
+//! The wire primitives of MQTT v5 section 1.5: integers, variable byte integers, strings and
+//! binary data, read from a frame and written to a `BytesMut`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::{Error, MqttString};
+
+/// The largest value a variable byte integer can hold.
+pub(crate) const VARINT_MAX: u32 = 268_435_455;
+/// The longest string or binary field.
+pub(crate) const FIELD_MAX: usize = u16::MAX as usize;
+
+/// Bytes needed to encode `v` as a variable byte integer (v must be <= VARINT_MAX).
+#[inline]
+pub(crate) fn varint_len(v: usize) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Writes a variable byte integer; the caller has checked `v <= VARINT_MAX`.
+#[inline]
+pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
+    loop {
+        let mut byte = (v % 128) as u8;
+        v /= 128;
+        if v > 0 {
+            byte |= 0x80;
+        }
+        buf.put_u8(byte);
+        if v == 0 {
+            break;
+        }
+    }
+}
+
+/// Reads a variable byte integer from the front of `bytes`.
+///
+/// Returns `Ok(None)` when the slice ends before the integer does, and `(value, length)`
+/// otherwise. A fifth byte is an error, whatever follows.
+#[inline]
+pub(crate) fn peek_varint(bytes: &[u8]) -> Result<Option<(u32, usize)>, Error> {
+    let mut value: u32 = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if i == 4 {
+            return Err(Error::VarIntTooLong);
+        }
+        value |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    if bytes.len() >= 4 {
+        Err(Error::VarIntTooLong)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Checks a string for the encoder: length and U+0000.
+#[inline]
+pub(crate) fn check_str(s: &str) -> Result<(), Error> {
+    if s.len() > FIELD_MAX {
+        return Err(Error::FieldTooLong(s.len()));
+    }
+    if s.as_bytes().contains(&0) {
+        return Err(Error::NullCharacter);
+    }
+    Ok(())
+}
+
+/// Checks a binary field for the encoder.
+#[inline]
+pub(crate) fn check_bin(b: &[u8]) -> Result<(), Error> {
+    if b.len() > FIELD_MAX {
+        return Err(Error::FieldTooLong(b.len()));
+    }
+    Ok(())
+}
+
+/// Writes a length-prefixed string or binary field; the caller has checked its length.
+#[inline]
+pub(crate) fn put_prefixed(buf: &mut BytesMut, b: &[u8]) {
+    buf.put_u16(b.len() as u16);
+    buf.put_slice(b);
+}
+
+/// A cursor over one frame's body. Fields are sliced out of the frame, never copied.
+pub(crate) struct Reader<'a> {
+    frame: &'a Bytes,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `frame[pos..]`.
+    pub(crate) fn new(frame: &'a Bytes, pos: usize) -> Self {
+        Reader {
+            frame,
+            pos,
+            end: frame.len(),
+        }
+    }
+
+    /// Bytes left before the end of the current limit.
+    #[inline]
+    pub(crate) fn remaining(&self) -> usize {
+        self.end - self.pos
+    }
+
+    /// Fails unless everything has been read.
+    pub(crate) fn finish(&self) -> Result<(), Error> {
+        match self.remaining() {
+            0 => Ok(()),
+            n => Err(Error::TrailingBytes(n)),
+        }
+    }
+
+    /// Runs `f` on a reader limited to the next `len` bytes, then moves past them.
+    pub(crate) fn sub<T>(
+        &mut self,
+        len: usize,
+        what: &'static str,
+        f: impl FnOnce(&mut Reader<'a>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        if len > self.remaining() {
+            return Err(Error::UnexpectedEnd(what));
+        }
+        let mut inner = Reader {
+            frame: self.frame,
+            pos: self.pos,
+            end: self.pos + len,
+        };
+        let value = f(&mut inner)?;
+        inner.finish()?;
+        self.pos += len;
+        Ok(value)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Error> {
+        if n > self.remaining() {
+            return Err(Error::UnexpectedEnd(what));
+        }
+        let s = &self.frame[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, Error> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    #[inline]
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, Error> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    #[inline]
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, Error> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    #[inline]
+    pub(crate) fn varint(&mut self, what: &'static str) -> Result<u32, Error> {
+        let window = &self.frame[self.pos..self.end];
+        match peek_varint(window)? {
+            Some((v, n)) => {
+                self.pos += n;
+                Ok(v)
+            }
+            None => Err(Error::UnexpectedEnd(what)),
+        }
+    }
+
+    /// A length-prefixed binary field, as a slice of the frame.
+    #[inline]
+    pub(crate) fn binary(&mut self, what: &'static str) -> Result<Bytes, Error> {
+        let len = usize::from(self.u16(what)?);
+        if len > self.remaining() {
+            return Err(Error::UnexpectedEnd(what));
+        }
+        let b = self.frame.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Ok(b)
+    }
+
+    /// A length-prefixed UTF-8 string, validated, as a slice of the frame.
+    #[inline]
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<MqttString, Error> {
+        let len = usize::from(self.u16(what)?);
+        let raw = self.take(len, what)?;
+        validate_utf8(raw)?;
+        let start = self.pos - len;
+        Ok(MqttString::from_checked(self.frame.slice(start..self.pos)))
+    }
+
+    /// Everything left, as a slice of the frame.
+    pub(crate) fn rest(&mut self) -> Bytes {
+        let b = self.frame.slice(self.pos..self.end);
+        self.pos = self.end;
+        b
+    }
+}
+
+/// Checks MQTT string rules on raw bytes: valid UTF-8 and no U+0000.
+#[inline]
+pub(crate) fn validate_utf8(raw: &[u8]) -> Result<(), Error> {
+    // ASCII fast path: most topics and ids are ASCII, and the check for NUL rides along.
+    if raw.is_ascii() {
+        if raw.contains(&0) {
+            return Err(Error::NullCharacter);
+        }
+        return Ok(());
+    }
+    let s = std::str::from_utf8(raw).map_err(|_| Error::InvalidUtf8)?;
+    if s.as_bytes().contains(&0) {
+        return Err(Error::NullCharacter);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_boundaries() {
+        for (v, enc) in [
+            (0usize, &[0x00][..]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (16_383, &[0xff, 0x7f]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (2_097_151, &[0xff, 0xff, 0x7f]),
+            (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+            (268_435_455, &[0xff, 0xff, 0xff, 0x7f]),
+        ] {
+            let mut buf = BytesMut::new();
+            put_varint(&mut buf, v);
+            assert_eq!(&buf[..], enc, "encoding {v}");
+            assert_eq!(varint_len(v), enc.len());
+            assert_eq!(peek_varint(enc), Ok(Some((v as u32, enc.len()))));
+        }
+    }
+
+    #[test]
+    fn varint_incomplete_and_too_long() {
+        assert_eq!(peek_varint(&[]), Ok(None));
+        assert_eq!(peek_varint(&[0x80, 0x80]), Ok(None));
+        assert_eq!(
+            peek_varint(&[0x80, 0x80, 0x80, 0x80]),
+            Err(Error::VarIntTooLong)
+        );
+        assert_eq!(
+            peek_varint(&[0x80, 0x80, 0x80, 0x80, 0x01]),
+            Err(Error::VarIntTooLong)
+        );
+    }
+}
