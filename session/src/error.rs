@@ -113,7 +113,9 @@ pub enum Error {
     /// QoS 1/2 one is required, or a PUBLISH with a topic alias but no topic name).
     #[error("invalid packet: {0}")]
     InvalidPacket(&'static str),
-    // CODEC-VARIANT
+    /// Encoding or decoding a packet failed.
+    #[error("codec error: {0}")]
+    Codec(#[from] paho_packets::Error),
 }
 
 impl Error {

@@ -1,0 +1,120 @@
+//! Completion handles: runtime-agnostic futures that resolve when an exchange ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_channel::oneshot;
+use paho_packets::{PubAck, PubComp, PubRec, SubAck, UnsubAck};
+
+use crate::Error;
+
+/// How a publish ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishOutcome {
+    /// A QoS 0 message was handed to the driver to write; there is no acknowledgement.
+    Sent,
+    /// The PUBACK that ended a QoS 1 exchange (its reason code may be a failure).
+    PubAck(PubAck),
+    /// A PUBREC with a failure reason code (0x80 or above), which ends a QoS 2 exchange early.
+    PubRec(PubRec),
+    /// The PUBCOMP that ended a QoS 2 exchange (its reason code may be 0x92, not found).
+    PubComp(PubComp),
+}
+
+impl PublishOutcome {
+    /// The reason code of the acknowledgement (0 for [`PublishOutcome::Sent`]).
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            PublishOutcome::Sent => 0,
+            PublishOutcome::PubAck(p) => p.reason_code.as_u8(),
+            PublishOutcome::PubRec(p) => p.reason_code.as_u8(),
+            PublishOutcome::PubComp(p) => p.reason_code.as_u8(),
+        }
+    }
+
+    /// Whether the server accepted the message (reason code below 0x80).
+    pub fn is_success(&self) -> bool {
+        self.reason_code() < 0x80
+    }
+}
+
+/// A future that resolves when an exchange started on the [`Session`](crate::Session) ends:
+/// with the acknowledgement, or a typed error ([`Error::SessionLost`],
+/// [`Error::SessionExpired`], [`Error::ConnectionLost`] for SUBSCRIBE/UNSUBSCRIBE,
+/// [`Error::SessionClosed`] when the session is dropped).
+///
+/// It survives reconnects: the engine keeps the sending half with the stored exchange. It is
+/// runtime-agnostic (a oneshot channel), `Send`, and can be moved to any task.
+///
+/// # Cancel safety
+///
+/// Dropping a completion does not withdraw the exchange once it has been assigned a packet id
+/// and stored: it is still sent, resent and acknowledged, and its id is freed only then. A
+/// publish still waiting for send quota when its completion is dropped is withdrawn (it was
+/// never stored or sent).
+#[derive(Debug)]
+#[must_use = "a completion does nothing unless awaited (dropping it does not cancel the exchange)"]
+pub struct Completion<T> {
+    rx: oneshot::Receiver<Result<T, Error>>,
+}
+
+/// The completion of a publish.
+pub type PublishCompletion = Completion<PublishOutcome>;
+/// The completion of a subscribe: the SUBACK with one reason code per filter.
+pub type SubscribeCompletion = Completion<SubAck>;
+/// The completion of an unsubscribe: the UNSUBACK with one reason code per filter.
+pub type UnsubscribeCompletion = Completion<UnsubAck>;
+
+impl<T> Completion<T> {
+    pub(crate) fn pair() -> (Completer<T>, Completion<T>) {
+        let (tx, rx) = oneshot::channel();
+        (Completer { tx }, Completion { rx })
+    }
+
+    pub(crate) fn ready(value: Result<T, Error>) -> Completion<T> {
+        let (tx, rx) = Self::pair();
+        tx.complete(value);
+        rx
+    }
+
+    /// The outcome if the exchange has already ended, without waiting.
+    pub fn try_outcome(&mut self) -> Option<Result<T, Error>> {
+        match self.rx.try_recv() {
+            Ok(Some(v)) => Some(v),
+            Ok(None) => None,
+            Err(_) => Some(Err(Error::SessionClosed)),
+        }
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(v)) => Poll::Ready(v),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::SessionClosed)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The engine's half of a [`Completion`].
+#[derive(Debug)]
+pub(crate) struct Completer<T> {
+    tx: oneshot::Sender<Result<T, Error>>,
+}
+
+impl<T> Completer<T> {
+    pub(crate) fn complete(self, value: Result<T, Error>) {
+        // The caller may have dropped its handle; the exchange still ended, nothing to report.
+        let _ = self.tx.send(value);
+    }
+
+    /// Whether the caller dropped its handle.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.tx.is_canceled()
+    }
+}

@@ -1,0 +1,71 @@
+//! Incoming-side bookkeeping: QoS 2 markers and the in-order acknowledgement queue.
+
+use std::collections::VecDeque;
+
+use paho_packets::{PacketId, QoS};
+
+use super::action::AckToken;
+
+/// An incoming QoS 2 exchange awaiting PUBREL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// Delivered on this connection; the application has not acked it yet, so PUBREC has not
+    /// gone out.
+    Awaiting,
+    /// PUBREC sent (or the marker came from the store or an earlier connection): a repeated
+    /// PUBLISH is answered with PUBREC and not delivered.
+    Recorded,
+}
+
+/// Acknowledgements of one connection in the order the PUBLISHes arrived. Tokens carry a
+/// sequence number, so marking is O(1); popping only releases the acked prefix.
+#[derive(Debug, Default)]
+pub(super) struct AckQueue {
+    epoch: u64,
+    /// Sequence number of `entries[0]`.
+    base: u64,
+    entries: VecDeque<(PacketId, QoS, bool)>,
+}
+
+impl AckQueue {
+    pub(super) fn push(&mut self, id: PacketId, qos: QoS) -> AckToken {
+        let seq = self.base + self.entries.len() as u64;
+        self.entries.push_back((id, qos, false));
+        AckToken {
+            epoch: self.epoch,
+            seq,
+            packet_id: id,
+            qos,
+        }
+    }
+
+    /// Marks a token acked; false if it belongs to an earlier connection.
+    pub(super) fn mark(&mut self, t: AckToken) -> bool {
+        if t.epoch != self.epoch {
+            return false;
+        }
+        if let Some(i) = t.seq.checked_sub(self.base) {
+            if let Some(e) = usize::try_from(i).ok().and_then(|i| self.entries.get_mut(i)) {
+                e.2 = true;
+            }
+        }
+        true
+    }
+
+    pub(super) fn pop_ready(&mut self) -> Option<(PacketId, QoS)> {
+        match self.entries.front() {
+            Some(&(id, qos, true)) => {
+                self.entries.pop_front();
+                self.base += 1;
+                Some((id, qos))
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn new_connection(&mut self) {
+        self.epoch += 1;
+        self.base += self.entries.len() as u64;
+        self.entries.clear();
+    }
+}

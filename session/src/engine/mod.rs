@@ -1,0 +1,826 @@
+//! The I/O-free session engine: [`Session`].
+
+mod action;
+mod completion;
+mod ids;
+mod inbound;
+
+pub use action::{AckToken, Action, Delivery, StoreOp};
+pub use completion::{
+    Completion, PublishCompletion, PublishOutcome, SubscribeCompletion, UnsubscribeCompletion,
+};
+pub use ids::PacketIds;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use paho_packets::{
+    ConnAck, Packet, PacketId, PubAck, PubComp, PubCompReasonCode, PubRec, PubRel,
+    PubRelReasonCode, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+use self::completion::Completer;
+use self::inbound::AckQueue;
+use crate::store::{EntryKind, Key, Store, StoredEntry};
+use crate::Error;
+
+/// Session settings, validated on construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    session_expiry_interval: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            session_expiry_interval: 0,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Defaults: Session Expiry Interval 0 (the session ends with the connection), as in MQTT.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The Session Expiry Interval in seconds that the driver sends in CONNECT; `u32::MAX`
+    /// means the session never expires.
+    pub fn session_expiry_interval(mut self, secs: u32) -> Self {
+        self.session_expiry_interval = secs;
+        self
+    }
+}
+
+/// Where an outgoing QoS 1/2 publish is in its exchange.
+#[derive(Debug)]
+enum OutState {
+    /// QoS 1, PUBLISH stored, awaiting PUBACK.
+    AwaitAck(Publish),
+    /// QoS 2, PUBLISH stored, awaiting PUBREC.
+    AwaitRec(Publish),
+    /// QoS 2, PUBREL stored, awaiting PUBCOMP.
+    AwaitComp,
+}
+
+#[derive(Debug)]
+struct Outbound {
+    order: u64,
+    state: OutState,
+    /// Whether it was sent on the current connection and so uses one unit of send quota.
+    counted: bool,
+    /// `None` for exchanges restored from a store (their caller belonged to another process).
+    completer: Option<Completer<PublishOutcome>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    publish: Publish,
+    completer: Completer<PublishOutcome>,
+}
+
+#[derive(Debug)]
+enum Request {
+    Subscribe(Completer<SubAck>),
+    Unsubscribe(Completer<UnsubAck>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// No connection; `since` is when the last one dropped (`None` before the first).
+    Down { since: Option<Instant> },
+    /// CONNECT sent, CONNACK awaited.
+    Connecting,
+    /// CONNACK received.
+    Up,
+}
+
+/// The state of one MQTT session on the client side, independent of any connection: packet
+/// ids, send quota, outgoing exchanges and their completion handles, resend on reconnect and
+/// inbound QoS 2 deduplication.
+///
+/// It performs no I/O and reads no clock. A driver feeds it events (method calls, with the
+/// current time where time matters) and carries out the [`Action`]s it returns through
+/// [`poll_action`](Session::poll_action). See the [crate documentation](crate) for the
+/// contract.
+#[derive(Debug)]
+pub struct Session {
+    expiry: u32,
+    link: Link,
+    ids: PacketIds,
+    outbound: HashMap<PacketId, Outbound>,
+    /// Send order of `outbound`, for resending.
+    order: BTreeMap<u64, PacketId>,
+    next_order: u64,
+    /// QoS 1/2 publishes waiting for a connection, send quota or a packet id, in arrival order.
+    waiting: VecDeque<Waiting>,
+    /// Stored publishes to resend once send quota allows, in send order.
+    resend: VecDeque<PacketId>,
+    requests: HashMap<PacketId, Request>,
+    /// Incoming QoS 2 exchanges awaiting PUBREL.
+    inbound: HashMap<PacketId, inbound::State>,
+    acks: AckQueue,
+    receive_max: u16,
+    in_flight: usize,
+    actions: VecDeque<Action>,
+}
+
+fn encode(packet: &Packet) -> Result<Bytes, Error> {
+    let mut buf = BytesMut::new();
+    packet.encode(&mut buf)?;
+    Ok(buf.freeze())
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(config: SessionConfig) -> Self {
+        Session {
+            expiry: config.session_expiry_interval,
+            link: Link::Down { since: None },
+            ids: PacketIds::new(),
+            outbound: HashMap::new(),
+            order: BTreeMap::new(),
+            next_order: 0,
+            waiting: VecDeque::new(),
+            resend: VecDeque::new(),
+            requests: HashMap::new(),
+            inbound: HashMap::new(),
+            acks: AckQueue::default(),
+            receive_max: u16::MAX,
+            in_flight: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// A session resuming what `entries` (a [`Store::list`], in send order) hold: outgoing
+    /// publishes to resend, PUBRELs to resend, and incoming QoS 2 ids whose PUBLISH must not be
+    /// delivered again.
+    ///
+    /// An entry that does not decode, or does not match its key and kind, is not loaded: a
+    /// [`StoreOp::Quarantine`] action for it is queued (and logged) instead, so one bad entry
+    /// costs one message rather than the whole session.
+    pub fn restore(config: SessionConfig, entries: impl IntoIterator<Item = StoredEntry>) -> Self {
+        let mut s = Session::new(config);
+        for entry in entries {
+            if let Err(reason) = s.restore_one(&entry) {
+                tracing::warn!(key = ?entry.key(), reason, "session: unusable stored entry quarantined");
+                s.actions.push_back(Action::Store(StoreOp::Quarantine {
+                    key: entry.key(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
+        s
+    }
+
+    /// Lists `store` and [restores](Session::restore) from it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub fn restore_from<S: Store>(
+        config: SessionConfig,
+        store: &S,
+    ) -> impl Future<Output = Result<Session, Error>> + Send + 'static {
+        // Boxed because a trait method's `impl Future` is taken to borrow `store`, although it is
+        // `'static`; boxing it as `dyn Future + 'static` lets the returned future stand alone.
+        let list: std::pin::Pin<Box<dyn Future<Output = Result<Vec<StoredEntry>, Error>> + Send>> =
+            Box::pin(store.list());
+        async move { Ok(Session::restore(config, list.await?)) }
+    }
+
+    fn restore_one(&mut self, entry: &StoredEntry) -> Result<(), &'static str> {
+        let packet = Packet::decode_exact(entry.value().clone())
+            .map_err(|_| "stored bytes are not a valid MQTT packet")?;
+        let id = entry.key().packet_id();
+        match (entry.key(), entry.kind(), packet) {
+            (Key::Outbound(_), EntryKind::Publish, Packet::Publish(p)) => {
+                if p.packet_id != Some(id) {
+                    return Err("stored PUBLISH has another packet id than its key");
+                }
+                if p.topic.is_empty() || p.properties.topic_alias.is_some() {
+                    return Err("stored PUBLISH lacks its topic name or carries a topic alias");
+                }
+                let state = match p.qos {
+                    QoS::AtLeastOnce => OutState::AwaitAck(p),
+                    QoS::ExactlyOnce => OutState::AwaitRec(p),
+                    QoS::AtMostOnce => return Err("stored PUBLISH has QoS 0"),
+                };
+                self.insert_outbound(id, state, None);
+            }
+            (Key::Outbound(_), EntryKind::PubRel, Packet::PubRel(p)) if p.packet_id == id => {
+                self.insert_outbound(id, OutState::AwaitComp, None);
+            }
+            (Key::Inbound(_), EntryKind::PubRec, Packet::PubRec(p)) if p.packet_id == id => {
+                self.inbound.insert(id, inbound::State::Recorded);
+            }
+            _ => return Err("stored packet does not match its key and kind"),
+        }
+        Ok(())
+    }
+
+    fn insert_outbound(
+        &mut self,
+        id: PacketId,
+        state: OutState,
+        completer: Option<Completer<PublishOutcome>>,
+    ) {
+        self.ids.claim(id);
+        let order = self.next_order;
+        self.next_order += 1;
+        self.order.insert(order, id);
+        self.outbound.insert(
+            id,
+            Outbound {
+                order,
+                state,
+                counted: false,
+                completer,
+            },
+        );
+    }
+
+    // ----- connection lifecycle -------------------------------------------------------------
+
+    /// Call before sending CONNECT. Returns the Clean Start flag to send: `clean_start`, or
+    /// `true` if the session expired while offline (its Session Expiry Interval passed since
+    /// the link dropped), in which case local state is cleared first (store reset queued,
+    /// waiting handles failed with [`Error::SessionExpired`]).
+    pub fn begin_connect(&mut self, clean_start: bool, now: Instant) -> bool {
+        let mut clean = clean_start;
+        if let Link::Down { since: Some(lost) } = self.link {
+            let expired = self.expiry != u32::MAX
+                && now.saturating_duration_since(lost) >= Duration::from_secs(self.expiry.into());
+            if expired {
+                tracing::debug!("session expired while offline; starting clean");
+                self.clear(|| Error::SessionExpired);
+                clean = true;
+            }
+        }
+        self.link = Link::Connecting;
+        clean
+    }
+
+    /// Call with the server's CONNACK.
+    ///
+    /// On success this takes the send quota from Receive Maximum (default 65,535) and the
+    /// Session Expiry Interval if the server set one. With Session Present = 1 it resends every
+    /// unfinished exchange in its original order (PUBLISH with DUP set, as far as the quota
+    /// allows; PUBREL as PUBREL). With Session Present = 0 it clears the session: the store is
+    /// reset and every waiting handle fails with [`Error::SessionLost`]. Publishes that were
+    /// waiting for quota and never sent are kept and sent now.
+    ///
+    /// A CONNACK with a failure reason code leaves the session offline and returns
+    /// [`Error::Protocol`] carrying that code.
+    pub fn on_connack(&mut self, connack: &ConnAck, now: Instant) -> Result<(), Error> {
+        if connack.reason_code.is_error() {
+            self.on_connection_lost(now);
+            return Err(Error::Protocol {
+                reason_code: connack.reason_code.as_u8(),
+                what: "the server refused the connection",
+            });
+        }
+        self.link = Link::Up;
+        self.receive_max = connack.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
+        if let Some(secs) = connack.properties.session_expiry_interval {
+            self.expiry = secs;
+        }
+        self.in_flight = 0;
+        self.resend.clear();
+        if !connack.session_present {
+            self.clear(|| Error::SessionLost);
+        } else {
+            let ids: Vec<PacketId> = self.order.values().copied().collect();
+            for id in ids {
+                let Some(out) = self.outbound.get_mut(&id) else {
+                    continue;
+                };
+                match out.state {
+                    OutState::AwaitComp => {
+                        // A PUBREL already counts against the quota (the server holds the
+                        // message), and must be resent whatever the quota says.
+                        out.counted = true;
+                        self.in_flight += 1;
+                        self.actions
+                            .push_back(Action::Send(Packet::PubRel(PubRel::new(id))));
+                    }
+                    OutState::AwaitAck(_) | OutState::AwaitRec(_) => self.resend.push_back(id),
+                }
+            }
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// Call when the connection closes, for whatever reason.
+    ///
+    /// Unacknowledged publishes stay in the session for the next connection. SUBSCRIBE and
+    /// UNSUBSCRIBE awaiting their acknowledgement fail with [`Error::ConnectionLost`]. Ack
+    /// tokens of this connection become stale. With a Session Expiry Interval of 0 the session
+    /// is cleared at once ([`Error::SessionExpired`]).
+    pub fn on_connection_lost(&mut self, now: Instant) {
+        if matches!(self.link, Link::Down { .. }) {
+            return;
+        }
+        self.link = Link::Down { since: Some(now) };
+        self.in_flight = 0;
+        self.resend.clear();
+        for out in self.outbound.values_mut() {
+            out.counted = false;
+        }
+        for (id, req) in self.requests.drain() {
+            self.ids.free(id);
+            match req {
+                Request::Subscribe(c) => c.complete(Err(Error::ConnectionLost)),
+                Request::Unsubscribe(c) => c.complete(Err(Error::ConnectionLost)),
+            }
+        }
+        self.acks.new_connection();
+        for st in self.inbound.values_mut() {
+            *st = inbound::State::Recorded;
+        }
+        if self.expiry == 0 {
+            self.clear(|| Error::SessionExpired);
+        }
+    }
+
+    /// Drops all session state (store reset queued if there was any) and fails waiting handles.
+    fn clear(&mut self, error: impl Fn() -> Error) {
+        let had_state = !self.outbound.is_empty() || !self.inbound.is_empty();
+        for (id, out) in self.outbound.drain() {
+            self.ids.free(id);
+            if let Some(c) = out.completer {
+                c.complete(Err(error()));
+            }
+        }
+        self.order.clear();
+        self.resend.clear();
+        self.inbound.clear();
+        self.in_flight = 0;
+        if had_state {
+            self.actions.push_back(Action::Store(StoreOp::Reset));
+        }
+    }
+
+    /// Updates the Session Expiry Interval (for example from a DISCONNECT's property).
+    pub fn set_session_expiry_interval(&mut self, secs: u32) {
+        self.expiry = secs;
+    }
+
+    /// The Session Expiry Interval in force.
+    pub fn session_expiry_interval(&self) -> u32 {
+        self.expiry
+    }
+
+    // ----- outgoing -------------------------------------------------------------------------
+
+    /// Starts a publish.
+    ///
+    /// QoS 0 is sent at once if connected ([`Error::NotConnected`] otherwise) and its
+    /// completion is already resolved with [`PublishOutcome::Sent`].
+    ///
+    /// QoS 1/2 joins the first-in, first-out queue of publishes; when it reaches the front
+    /// while connected and the send quota allows, it gets a packet id, is stored (a
+    /// [`StoreOp::Put`]) and sent. Any topic alias and DUP flag are removed and the packet id
+    /// replaced. Fails at once with [`Error::PacketIdsExhausted`] if it could be sent now but
+    /// every packet id is in use, and with [`Error::InvalidPacket`] for a PUBLISH without a
+    /// topic name.
+    pub fn publish(&mut self, mut publish: Publish) -> Result<PublishCompletion, Error> {
+        if publish.topic.is_empty() {
+            return Err(Error::InvalidPacket(
+                "a PUBLISH given to the session needs its topic name (aliases are per connection)",
+            ));
+        }
+        publish.properties.topic_alias = None;
+        publish.dup = false;
+        if publish.qos == QoS::AtMostOnce {
+            if self.link != Link::Up {
+                return Err(Error::NotConnected);
+            }
+            publish.packet_id = None;
+            Packet::Publish(publish.clone()).encoded_len()?;
+            self.actions.push_back(Action::Send(Packet::Publish(publish)));
+            return Ok(Completion::ready(Ok(PublishOutcome::Sent)));
+        }
+        // Validate now (with a placeholder id) so that a bad packet fails its caller instead of
+        // failing later inside the queue.
+        publish.packet_id = Some(PacketId::MIN);
+        Packet::Publish(publish.clone()).encoded_len()?;
+        if self.link == Link::Up
+            && self.waiting.is_empty()
+            && self.resend.is_empty()
+            && self.in_flight < usize::from(self.receive_max)
+            && self.ids.in_use() >= usize::from(u16::MAX)
+        {
+            return Err(Error::PacketIdsExhausted);
+        }
+        let (completer, completion) = Completion::pair();
+        self.waiting.push_back(Waiting { publish, completer });
+        self.pump();
+        Ok(completion)
+    }
+
+    /// Sends what the send quota allows: held-back retransmissions first, then waiting
+    /// publishes, each in order.
+    fn pump(&mut self) {
+        if self.link != Link::Up {
+            return;
+        }
+        while self.in_flight < usize::from(self.receive_max) {
+            if let Some(id) = self.resend.pop_front() {
+                if let Some(out) = self.outbound.get_mut(&id) {
+                    if let OutState::AwaitAck(p) | OutState::AwaitRec(p) = &out.state {
+                        let mut p = p.clone();
+                        p.dup = true;
+                        out.counted = true;
+                        self.in_flight += 1;
+                        self.actions.push_back(Action::Send(Packet::Publish(p)));
+                    }
+                }
+                continue;
+            }
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            if front.completer.is_abandoned() {
+                // Dropped before it was stored or sent: withdrawn, as documented.
+                self.waiting.pop_front();
+                continue;
+            }
+            let id = match self.ids.allocate() {
+                Ok(id) => id,
+                // Wait: an id comes free with the next acknowledgement, which pumps again.
+                Err(_) => break,
+            };
+            let Some(Waiting {
+                mut publish,
+                completer,
+            }) = self.waiting.pop_front()
+            else {
+                break;
+            };
+            publish.packet_id = Some(id);
+            let packet = Packet::Publish(publish);
+            let value = match encode(&packet) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.ids.free(id);
+                    completer.complete(Err(e));
+                    continue;
+                }
+            };
+            let Packet::Publish(publish) = packet else {
+                break;
+            };
+            let kind = EntryKind::Publish;
+            self.actions.push_back(Action::Store(StoreOp::Put {
+                key: Key::Outbound(id),
+                kind,
+                value,
+            }));
+            self.actions
+                .push_back(Action::Send(Packet::Publish(publish.clone())));
+            let state = if publish.qos == QoS::ExactlyOnce {
+                OutState::AwaitRec(publish)
+            } else {
+                OutState::AwaitAck(publish)
+            };
+            self.insert_outbound(id, state, Some(completer));
+            if let Some(out) = self.outbound.get_mut(&id) {
+                out.counted = true;
+            }
+            self.in_flight += 1;
+        }
+    }
+
+    /// Sends a SUBSCRIBE with a fresh packet id (the given one is replaced). SUBSCRIBE is not
+    /// stored and not resent: if the connection drops first, the completion fails with
+    /// [`Error::ConnectionLost`].
+    pub fn subscribe(&mut self, mut subscribe: Subscribe) -> Result<SubscribeCompletion, Error> {
+        let id = self.request_id()?;
+        subscribe.packet_id = id;
+        let (completer, completion) = Completion::pair();
+        self.requests.insert(id, Request::Subscribe(completer));
+        self.actions.push_back(Action::Send(Packet::Subscribe(subscribe)));
+        Ok(completion)
+    }
+
+    /// Sends an UNSUBSCRIBE with a fresh packet id; as [`subscribe`](Session::subscribe).
+    pub fn unsubscribe(
+        &mut self,
+        mut unsubscribe: Unsubscribe,
+    ) -> Result<UnsubscribeCompletion, Error> {
+        let id = self.request_id()?;
+        unsubscribe.packet_id = id;
+        let (completer, completion) = Completion::pair();
+        self.requests.insert(id, Request::Unsubscribe(completer));
+        self.actions
+            .push_back(Action::Send(Packet::Unsubscribe(unsubscribe)));
+        Ok(completion)
+    }
+
+    fn request_id(&mut self) -> Result<PacketId, Error> {
+        if self.link != Link::Up {
+            return Err(Error::NotConnected);
+        }
+        self.ids.allocate()
+    }
+
+    // ----- incoming -------------------------------------------------------------------------
+
+    /// Feeds a packet received from the server.
+    ///
+    /// Handles PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK; CONNACK must go
+    /// to [`on_connack`](Session::on_connack); other packets are ignored (they are the driver's
+    /// business). Returns [`Error::Protocol`] when the server broke the protocol in a way the
+    /// connection cannot survive; the driver should then disconnect with
+    /// [`Error::reason_code`].
+    pub fn handle(&mut self, packet: Packet) -> Result<(), Error> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubRec(r) => self.on_pubrec(r),
+            Packet::PubRel(r) => {
+                self.on_pubrel(r);
+                Ok(())
+            }
+            Packet::PubComp(c) => self.on_pubcomp(c),
+            Packet::SubAck(a) => match self.requests.remove(&a.packet_id) {
+                Some(Request::Subscribe(c)) => {
+                    self.ids.free(a.packet_id);
+                    c.complete(Ok(a));
+                    self.pump();
+                    Ok(())
+                }
+                Some(other) => {
+                    self.requests.insert(a.packet_id, other);
+                    Err(protocol("SUBACK for a packet id that awaits UNSUBACK"))
+                }
+                None => {
+                    tracing::warn!(id = a.packet_id.get(), "SUBACK for an unknown packet id ignored");
+                    Ok(())
+                }
+            },
+            Packet::UnsubAck(a) => match self.requests.remove(&a.packet_id) {
+                Some(Request::Unsubscribe(c)) => {
+                    self.ids.free(a.packet_id);
+                    c.complete(Ok(a));
+                    self.pump();
+                    Ok(())
+                }
+                Some(other) => {
+                    self.requests.insert(a.packet_id, other);
+                    Err(protocol("UNSUBACK for a packet id that awaits SUBACK"))
+                }
+                None => {
+                    tracing::warn!(id = a.packet_id.get(), "UNSUBACK for an unknown packet id ignored");
+                    Ok(())
+                }
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, id: PacketId, outcome: PublishOutcome) {
+        if let Some(out) = self.outbound.remove(&id) {
+            self.order.remove(&out.order);
+            self.ids.free(id);
+            if out.counted {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            self.actions
+                .push_back(Action::Store(StoreOp::Delete(Key::Outbound(id))));
+            if let Some(c) = out.completer {
+                c.complete(Ok(outcome));
+            }
+        }
+        self.pump();
+    }
+
+    fn on_puback(&mut self, ack: PubAck) -> Result<(), Error> {
+        match self.outbound.get(&ack.packet_id).map(|o| &o.state) {
+            Some(OutState::AwaitAck(_)) => {
+                let id = ack.packet_id;
+                self.finish(id, PublishOutcome::PubAck(ack));
+                Ok(())
+            }
+            Some(_) => Err(protocol("PUBACK for a QoS 2 exchange")),
+            None => {
+                tracing::warn!(id = ack.packet_id.get(), "PUBACK for an unknown packet id ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, rec: PubRec) -> Result<(), Error> {
+        let id = rec.packet_id;
+        match self.outbound.get_mut(&id) {
+            Some(out) => match out.state {
+                OutState::AwaitRec(_) if rec.reason_code.is_error() => {
+                    self.finish(id, PublishOutcome::PubRec(rec));
+                    Ok(())
+                }
+                OutState::AwaitRec(_) | OutState::AwaitComp => {
+                    // A repeated PUBREC is answered with the PUBREL again (nothing to store).
+                    let fresh = matches!(out.state, OutState::AwaitRec(_));
+                    out.state = OutState::AwaitComp;
+                    let pubrel = Packet::PubRel(PubRel::new(id));
+                    if fresh {
+                        let value = encode(&pubrel)?;
+                        self.actions.push_back(Action::Store(StoreOp::Put {
+                            key: Key::Outbound(id),
+                            kind: EntryKind::PubRel,
+                            value,
+                        }));
+                    }
+                    self.actions.push_back(Action::Send(pubrel));
+                    Ok(())
+                }
+                OutState::AwaitAck(_) => Err(protocol("PUBREC for a QoS 1 exchange")),
+            },
+            None => {
+                let mut pubrel = PubRel::new(id);
+                pubrel.reason_code = PubRelReasonCode::PacketIdentifierNotFound;
+                self.actions.push_back(Action::Send(Packet::PubRel(pubrel)));
+                Ok(())
+            }
+        }
+    }
+
+    fn on_pubcomp(&mut self, comp: PubComp) -> Result<(), Error> {
+        match self.outbound.get(&comp.packet_id).map(|o| &o.state) {
+            Some(OutState::AwaitComp) => {
+                let id = comp.packet_id;
+                self.finish(id, PublishOutcome::PubComp(comp));
+                Ok(())
+            }
+            Some(_) => Err(protocol("PUBCOMP before PUBREC")),
+            None => {
+                tracing::warn!(id = comp.packet_id.get(), "PUBCOMP for an unknown packet id ignored");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) -> Result<(), Error> {
+        let (qos, id) = match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => {
+                self.actions
+                    .push_back(Action::Deliver(Delivery::new(publish, None)));
+                return Ok(());
+            }
+            (qos, Some(id)) => (qos, id),
+            (_, None) => return Err(protocol("QoS 1/2 PUBLISH without a packet id")),
+        };
+        if qos == QoS::ExactlyOnce {
+            match self.inbound.get(&id) {
+                Some(inbound::State::Recorded) => {
+                    // Accepted before (on an earlier connection or by an earlier process):
+                    // acknowledge again, do not deliver again.
+                    let token = self.acks.push(id, qos);
+                    self.acks.mark(token);
+                    self.flush_acks();
+                    return Ok(());
+                }
+                Some(inbound::State::Awaiting) => {
+                    // Same connection, the application has not acked yet: its PUBREC will go.
+                    return Ok(());
+                }
+                None => {
+                    let value = encode(&Packet::PubRec(PubRec::new(id)))?;
+                    self.inbound.insert(id, inbound::State::Awaiting);
+                    self.actions.push_back(Action::Store(StoreOp::Put {
+                        key: Key::Inbound(id),
+                        kind: EntryKind::PubRec,
+                        value,
+                    }));
+                }
+            }
+        }
+        let token = self.acks.push(id, qos);
+        self.actions
+            .push_back(Action::Deliver(Delivery::new(publish, Some(token))));
+        Ok(())
+    }
+
+    fn on_pubrel(&mut self, rel: PubRel) {
+        let id = rel.packet_id;
+        let mut comp = PubComp::new(id);
+        if self.inbound.remove(&id).is_some() {
+            // Deleted before PUBCOMP goes out: once the server sees PUBCOMP it may reuse the
+            // id, and a stale marker would then swallow a new message.
+            self.actions
+                .push_back(Action::Store(StoreOp::Delete(Key::Inbound(id))));
+        } else {
+            comp.reason_code = PubCompReasonCode::PacketIdentifierNotFound;
+        }
+        self.actions.push_back(Action::Send(Packet::PubComp(comp)));
+    }
+
+    /// Acknowledges a delivered QoS 1/2 message. PUBACK/PUBREC go out in the order the
+    /// PUBLISHes arrived (MQTT-4.6.0-2), whatever order the application acks in: an ack waits
+    /// for the acks of earlier messages.
+    ///
+    /// Acking a message whose connection has closed returns [`Error::StaleAck`] and sends
+    /// nothing (the server redelivers it). Acking twice does nothing.
+    pub fn ack(&mut self, token: AckToken) -> Result<(), Error> {
+        if !self.acks.mark(token) {
+            return Err(Error::StaleAck);
+        }
+        self.flush_acks();
+        Ok(())
+    }
+
+    fn flush_acks(&mut self) {
+        while let Some((id, qos)) = self.acks.pop_ready() {
+            let packet = if qos == QoS::ExactlyOnce {
+                if let Some(st) = self.inbound.get_mut(&id) {
+                    *st = inbound::State::Recorded;
+                }
+                Packet::PubRec(PubRec::new(id))
+            } else {
+                Packet::PubAck(PubAck::new(id))
+            };
+            self.actions.push_back(Action::Send(packet));
+        }
+    }
+
+    // ----- driver plumbing ------------------------------------------------------------------
+
+    /// The next thing for the driver to do, in order. Call until it returns `None` after
+    /// every method call.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Fails every waiting handle with `error` and forgets all in-memory state, without
+    /// touching the store. For a driver whose store failed: the store must be reopened and a
+    /// session [restored](Session::restore) from it.
+    pub fn fail_all(&mut self, error: Error) {
+        for (_, out) in self.outbound.drain() {
+            if let Some(c) = out.completer {
+                c.complete(Err(error.clone()));
+            }
+        }
+        for w in self.waiting.drain(..) {
+            w.completer.complete(Err(error.clone()));
+        }
+        for (_, req) in self.requests.drain() {
+            match req {
+                Request::Subscribe(c) => c.complete(Err(error.clone())),
+                Request::Unsubscribe(c) => c.complete(Err(error.clone())),
+            }
+        }
+        self.ids.clear();
+        self.order.clear();
+        self.resend.clear();
+        self.inbound.clear();
+        self.actions.clear();
+        self.in_flight = 0;
+    }
+
+    /// QoS 1/2 publishes sent on this connection and not yet finished (the send quota used).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// How many more QoS 1/2 publishes may be sent now (never negative: retransmissions beyond a
+    /// smaller Receive Maximum leave it at 0).
+    pub fn send_quota(&self) -> usize {
+        usize::from(self.receive_max).saturating_sub(self.in_flight)
+    }
+
+    /// Publishes waiting for a connection, send quota or a packet id.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Unfinished outgoing QoS 1/2 exchanges (sent or to be resent).
+    pub fn unfinished(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Incoming QoS 2 exchanges awaiting PUBREL.
+    pub fn inbound_pending(&self) -> usize {
+        self.inbound.len()
+    }
+
+    /// Packet ids in use.
+    pub fn packet_ids_in_use(&self) -> usize {
+        self.ids.in_use()
+    }
+
+    /// Whether a CONNACK was received and the link has not been reported lost since.
+    pub fn is_connected(&self) -> bool {
+        self.link == Link::Up
+    }
+}
+
+fn protocol(what: &'static str) -> Error {
+    Error::Protocol {
+        reason_code: 0x82,
+        what,
+    }
+}
