@@ -117,7 +117,10 @@ async fn finish_needs_the_head<Q: Queue>(q: &Q) {
     let same = q.peek().unwrap().unwrap();
     q.finish(same, Finish::Remove).await.unwrap();
     let err = q.finish(stale, Finish::Remove).await.unwrap_err();
-    assert!(matches!(err, Error::NotHead { head: Some(_), .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotHead { head: Some(_), .. }),
+        "{err:?}"
+    );
     assert_eq!(q.len(), 1, "a stale finish removes nothing");
     let head = q.peek().unwrap().unwrap();
     assert_eq!(head.payload(), &b("b"));
@@ -269,7 +272,10 @@ async fn concurrent_producers_keep_fifo<Q: Queue + 'static>(q: Arc<Q>) {
     let mut all = Vec::new();
     for t in tasks {
         let seqs = t.await.unwrap();
-        assert!(seqs.windows(2).all(|w| w[0].0 < w[1].0), "per producer order");
+        assert!(
+            seqs.windows(2).all(|w| w[0].0 < w[1].0),
+            "per producer order"
+        );
         all.extend(seqs);
     }
     all.sort();

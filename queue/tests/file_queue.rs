@@ -72,7 +72,9 @@ async fn reopen_keeps_entries_order_and_times() {
     assert_eq!(q.len(), 50);
     assert!(q.take_reports().is_empty(), "clean reopen reports nothing");
     let got = drain(&q).await;
-    let want: Vec<_> = (0..50).map(|i| (seqs[i as usize], payload(i), at(i))).collect();
+    let want: Vec<_> = (0..50)
+        .map(|i| (seqs[i as usize], payload(i), at(i)))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -248,7 +250,10 @@ async fn torn_tail_is_quarantined_reported_and_truncated() {
 
     let q = open(dir).await;
     let reports = q.take_reports();
-    assert_eq!(quarantined(&reports, QuarantineReason::TornTail), vec![None]);
+    assert_eq!(
+        quarantined(&reports, QuarantineReason::TornTail),
+        vec![None]
+    );
     assert_eq!(q.len(), 5);
     assert_eq!(fs::metadata(&seg).unwrap().len(), good_len, "tail cut off");
     // New entries follow the good ones and survive another reopen without new reports.
@@ -316,7 +321,8 @@ async fn bad_checksum_mid_file_is_quarantined_when_it_reaches_the_head() {
     // Second record: file header 24 + record 0 (36 + payload(0).len()) + its header 36.
     let second_payload = 24 + 36 + payload(0).len() + 36;
     data[second_payload] ^= 0xff;
-    let corrupted = Bytes::copy_from_slice(&data[second_payload..second_payload + payload(1).len()]);
+    let corrupted =
+        Bytes::copy_from_slice(&data[second_payload..second_payload + payload(1).len()]);
     fs::write(&seg, &data).unwrap();
 
     let q = open(dir).await;
