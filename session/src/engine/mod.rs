@@ -306,7 +306,20 @@ impl Session {
                         self.actions
                             .push_back(Action::Send(Packet::PubRel(PubRel::new(id))));
                     }
-                    OutState::AwaitAck(_) | OutState::AwaitRec(_) => self.resend.push_back(id),
+                    OutState::AwaitAck(ref p) | OutState::AwaitRec(ref p) => {
+                        // In original order while the quota lasts; the rest are held back (in
+                        // order) and go out as acknowledgements free quota.
+                        if self.resend.is_empty() && self.in_flight < usize::from(self.receive_max)
+                        {
+                            let mut p = p.clone();
+                            p.dup = true;
+                            out.counted = true;
+                            self.in_flight += 1;
+                            self.actions.push_back(Action::Send(Packet::Publish(p)));
+                        } else {
+                            self.resend.push_back(id);
+                        }
+                    }
                 }
             }
         }

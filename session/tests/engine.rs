@@ -1,0 +1,788 @@
+//! Deterministic tests of the session engine against a scripted broker with a virtual clock.
+//!
+//! The harness plays the `paho` driver: it carries out the engine's actions in order (store
+//! operations awaited before anything after them), records what would go on the wire, and lets
+//! each test play the broker's side packet by packet. Time only moves when a test moves it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use paho_packets::{
+    ConnAck, Packet, PacketId, PubAck, PubComp, PubCompReasonCode, PubRec, PubRecReasonCode,
+    PubRel, Publish, PublishProperties, QoS, SubAck, Subscribe, Subscription,
+    SubscriptionOptions,
+};
+use paho_session::{
+    Action, Delivery, EntryKind, Error, FileStore, Key, MemoryStore, PublishOutcome, Session,
+    SessionConfig, Store, StoreIdentity,
+};
+
+fn pid(n: u16) -> PacketId {
+    NonZeroU16::new(n).unwrap()
+}
+
+fn msg(qos: QoS, topic: &str, payload: &str) -> Publish {
+    Publish {
+        qos,
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn incoming(qos: QoS, id: u16, payload: &str) -> Publish {
+    Publish {
+        qos,
+        topic: "in/topic".into(),
+        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn subscribe() -> Subscribe {
+    Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        subscriptions: vec![Subscription::new(
+            "a/#",
+            SubscriptionOptions::qos(QoS::AtLeastOnce),
+        )],
+    }
+}
+
+/// The scripted broker and the driver stand-in.
+struct Harness<S: Store> {
+    session: Session,
+    store: S,
+    now: Instant,
+    wire: VecDeque<Packet>,
+    delivered: Vec<Delivery>,
+}
+
+impl<S: Store> Harness<S> {
+    fn new(session: Session, store: S) -> Self {
+        Harness {
+            session,
+            store,
+            now: Instant::now(),
+            wire: VecDeque::new(),
+            delivered: Vec::new(),
+        }
+    }
+
+    /// Carries out every pending action, in order.
+    async fn drive(&mut self) {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Store(op) => op.apply(&self.store).await.unwrap(),
+                Action::Send(p) => self.wire.push_back(p),
+                Action::Deliver(d) => self.delivered.push(d),
+                other => panic!("unexpected action {other:?}"),
+            }
+        }
+    }
+
+    /// CONNECT + CONNACK. Returns the Clean Start flag the session asked for.
+    async fn connect(&mut self, session_present: bool, receive_max: Option<u16>) -> bool {
+        let clean = self.session.begin_connect(false, self.now);
+        let mut connack = ConnAck {
+            session_present,
+            ..Default::default()
+        };
+        connack.properties.receive_maximum = receive_max;
+        self.session.on_connack(&connack, self.now).unwrap();
+        self.drive().await;
+        clean
+    }
+
+    async fn drop_link(&mut self) {
+        self.session.on_connection_lost(self.now);
+        self.wire.clear(); // whatever was in flight on the dead link is gone
+        self.drive().await;
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    async fn feed(&mut self, p: impl Into<Packet>) {
+        self.session.handle(p.into()).unwrap();
+        self.drive().await;
+    }
+
+    async fn publish(&mut self, p: Publish) -> paho_session::PublishCompletion {
+        let c = self.session.publish(p).unwrap();
+        self.drive().await;
+        c
+    }
+
+    fn take_wire(&mut self) -> Vec<Packet> {
+        self.wire.drain(..).collect()
+    }
+
+    fn sent_publishes(&mut self) -> Vec<Publish> {
+        self.take_wire()
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect()
+    }
+
+    async fn stored(&self) -> Vec<(Key, EntryKind)> {
+        self.store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key(), e.kind()))
+            .collect()
+    }
+}
+
+fn memory_harness(expiry: u32) -> Harness<MemoryStore> {
+    Harness::new(
+        Session::new(SessionConfig::new().session_expiry_interval(expiry)),
+        MemoryStore::new(),
+    )
+}
+
+const HOUR: u32 = 3600;
+
+fn puback(id: PacketId) -> PubAck {
+    PubAck::new(id)
+}
+
+// ----- resend ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn qos1_resent_with_dup_after_drop_before_puback() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let mut done = h.publish(msg(QoS::AtLeastOnce, "t/1", "hello")).await;
+    let first = h.sent_publishes();
+    assert_eq!(first.len(), 1);
+    let id = first[0].packet_id.unwrap();
+    assert!(!first[0].dup);
+    assert_eq!(h.stored().await, vec![(Key::Outbound(id), EntryKind::Publish)]);
+
+    h.drop_link().await;
+    assert!(done.try_outcome().is_none(), "the handle outlives the connection");
+    h.advance(Duration::from_secs(5));
+    assert!(!h.connect(true, None).await, "not expired: no clean start");
+    let resent = h.sent_publishes();
+    assert_eq!(resent.len(), 1);
+    assert!(resent[0].dup);
+    assert_eq!(resent[0].packet_id, Some(id));
+    assert_eq!(resent[0].payload, first[0].payload);
+
+    h.feed(puback(id)).await;
+    let outcome = done.await.unwrap();
+    assert!(matches!(outcome, PublishOutcome::PubAck(_)));
+    assert_eq!(outcome.reason_code(), 0);
+    assert!(h.stored().await.is_empty());
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+}
+
+#[tokio::test]
+async fn qos2_resent_with_dup_after_drop_before_pubrec() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::ExactlyOnce, "t/2", "once")).await;
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.drop_link().await;
+    h.connect(true, None).await;
+    let resent = h.sent_publishes();
+    assert_eq!(resent.len(), 1);
+    assert!(resent[0].dup);
+    assert_eq!(resent[0].packet_id, Some(id));
+
+    h.feed(PubRec::new(id)).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubRel(PubRel::new(id))]);
+    assert_eq!(h.stored().await, vec![(Key::Outbound(id), EntryKind::PubRel)]);
+    h.feed(PubComp::new(id)).await;
+    assert!(matches!(done.await.unwrap(), PublishOutcome::PubComp(_)));
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn drop_after_pubrec_resends_pubrel_and_not_publish() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::ExactlyOnce, "t", "x")).await;
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(PubRec::new(id)).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubRel(PubRel::new(id))]);
+    h.drop_link().await;
+    h.connect(true, None).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubRel(PubRel::new(id))]);
+    h.feed(PubComp::new(id)).await;
+    assert!(done.await.unwrap().is_success());
+}
+
+#[tokio::test]
+async fn resend_keeps_original_order_across_kinds() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let mut ids = Vec::new();
+    for (i, qos) in [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = h.publish(msg(qos, "t", &i.to_string())).await;
+        ids.push(h.sent_publishes()[0].packet_id.unwrap());
+    }
+    // The second one advances to PUBREL; it must still be resent in second place.
+    h.feed(PubRec::new(ids[1])).await;
+    h.take_wire();
+    h.drop_link().await;
+    h.connect(true, None).await;
+    let wire = h.take_wire();
+    let order: Vec<(PacketId, &str)> = wire
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.packet_id.unwrap(), "PUBLISH"),
+            Packet::PubRel(r) => (r.packet_id, "PUBREL"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (ids[0], "PUBLISH"),
+            (ids[1], "PUBREL"),
+            (ids[2], "PUBLISH"),
+            (ids[3], "PUBLISH")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn session_present_0_fails_waiters_clears_store_and_keeps_unsent() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(2)).await;
+    let a = h.publish(msg(QoS::AtLeastOnce, "t", "a")).await;
+    let b = h.publish(msg(QoS::ExactlyOnce, "t", "b")).await;
+    let c = h.publish(msg(QoS::AtLeastOnce, "t", "c")).await; // waits for quota
+    assert_eq!(h.sent_publishes().len(), 2);
+    h.drop_link().await;
+    h.connect(false, Some(2)).await; // the server lost the session
+    assert!(matches!(a.await, Err(Error::SessionLost)));
+    assert!(matches!(b.await, Err(Error::SessionLost)));
+    // The never-sent publish goes out now, as a new exchange.
+    let sent = h.sent_publishes();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].payload, Bytes::from_static(b"c"));
+    assert!(!sent[0].dup);
+    assert_eq!(h.stored().await.len(), 1);
+    h.feed(puback(sent[0].packet_id.unwrap())).await;
+    assert!(c.await.unwrap().is_success());
+    assert!(h.stored().await.is_empty());
+}
+
+// ----- packet ids ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn all_ids_exhausted_then_freed_then_reused() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(u16::MAX)).await;
+    // One SUBSCRIBE plus 65,534 publishes hold every id.
+    let _sub = h.session.subscribe(subscribe()).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..65_534u32 {
+        handles.push(h.session.publish(msg(QoS::AtLeastOnce, "t", &i.to_string())).unwrap());
+    }
+    h.drive().await;
+    assert_eq!(h.session.packet_ids_in_use(), 65_535);
+    let wire = h.take_wire();
+    let mut seen = std::collections::HashSet::new();
+    for p in &wire {
+        let id = match p {
+            Packet::Publish(p) => p.packet_id.unwrap(),
+            Packet::Subscribe(s) => s.packet_id,
+            other => panic!("{other:?}"),
+        };
+        assert!(seen.insert(id), "id {id} handed out twice");
+    }
+    // Quota remains (65,534 < 65,535), but no id: a typed error, for both kinds.
+    assert!(matches!(
+        h.session.publish(msg(QoS::AtLeastOnce, "t", "more")),
+        Err(Error::PacketIdsExhausted)
+    ));
+    assert!(matches!(h.session.subscribe(subscribe()), Err(Error::PacketIdsExhausted)));
+
+    // Free one, and it is used again.
+    let freed = pid(4242);
+    h.feed(puback(freed)).await;
+    let again = h.publish(msg(QoS::AtLeastOnce, "t", "again")).await;
+    let sent = h.sent_publishes();
+    assert_eq!(sent[0].packet_id, Some(freed));
+    h.feed(puback(freed)).await;
+    assert!(again.await.unwrap().is_success());
+}
+
+#[tokio::test]
+async fn more_than_65535_sequential_publishes() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    for i in 0..70_000u32 {
+        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let done = h.publish(msg(qos, "seq", &i.to_string())).await;
+        let id = h.sent_publishes()[0].packet_id.unwrap();
+        if qos == QoS::AtLeastOnce {
+            h.feed(puback(id)).await;
+        } else {
+            h.feed(PubRec::new(id)).await;
+            h.take_wire();
+            h.feed(PubComp::new(id)).await;
+        }
+        assert!(done.await.unwrap().is_success(), "publish {i}");
+    }
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+    assert!(h.stored().await.is_empty());
+}
+
+// ----- send quota ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn quota_blocks_and_releases_first_in_first_out() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(2)).await;
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        handles.push(h.publish(msg(QoS::AtLeastOnce, "q", &i.to_string())).await);
+    }
+    let first = h.sent_publishes();
+    assert_eq!(first.len(), 2);
+    assert_eq!(h.session.waiting(), 3);
+    assert_eq!(h.session.send_quota(), 0);
+    // Nothing waiting is stored yet: only accepted-and-sent messages are.
+    assert_eq!(h.stored().await.len(), 2);
+
+    let mut order = vec![first[0].payload.clone(), first[1].payload.clone()];
+    let mut inflight: VecDeque<PacketId> = first.iter().map(|p| p.packet_id.unwrap()).collect();
+    while let Some(id) = inflight.pop_front() {
+        h.feed(puback(id)).await;
+        for p in h.sent_publishes() {
+            order.push(p.payload.clone());
+            inflight.push_back(p.packet_id.unwrap());
+        }
+        assert!(h.session.in_flight() <= 2);
+    }
+    let expected: Vec<Bytes> = (0..5).map(|i| Bytes::from(i.to_string())).collect();
+    assert_eq!(order, expected);
+    for c in handles {
+        assert!(c.await.unwrap().is_success());
+    }
+}
+
+#[tokio::test]
+async fn smaller_receive_maximum_on_reconnect_is_honoured() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(10)).await;
+    for i in 0..4 {
+        let _ = h.publish(msg(QoS::AtLeastOnce, "r", &i.to_string())).await;
+    }
+    assert_eq!(h.sent_publishes().len(), 4);
+    h.drop_link().await;
+    h.connect(true, Some(2)).await;
+    let resent = h.sent_publishes();
+    assert_eq!(resent.len(), 2, "only as many resends as the new quota allows");
+    assert_eq!(h.session.send_quota(), 0);
+    h.feed(puback(resent[0].packet_id.unwrap())).await;
+    let next = h.sent_publishes();
+    assert_eq!(next.len(), 1);
+    assert!(next[0].dup);
+    assert_eq!(next[0].payload, Bytes::from_static(b"2"));
+}
+
+#[tokio::test]
+async fn retransmission_beyond_quota_never_underflows() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(10)).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let _ = h.publish(msg(QoS::ExactlyOnce, "r", &i.to_string())).await;
+        ids.push(h.sent_publishes()[0].packet_id.unwrap());
+    }
+    for &id in &ids {
+        h.feed(PubRec::new(id)).await;
+    }
+    h.take_wire();
+    h.drop_link().await;
+    // Three PUBRELs are owed but the new Receive Maximum is 2: all three are resent anyway
+    // (the server already holds those messages), and the quota stays at 0, not below.
+    h.connect(true, Some(2)).await;
+    let wire = h.take_wire();
+    assert_eq!(wire.len(), 3);
+    assert!(wire.iter().all(|p| matches!(p, Packet::PubRel(_))));
+    assert_eq!(h.session.in_flight(), 3);
+    assert_eq!(h.session.send_quota(), 0);
+
+    let waiting = h.publish(msg(QoS::AtLeastOnce, "r", "new")).await;
+    assert!(h.take_wire().is_empty());
+    h.feed(PubComp::new(ids[0])).await;
+    assert!(h.take_wire().is_empty(), "2 in flight, quota 2: still blocked");
+    h.feed(PubComp::new(ids[1])).await;
+    let sent = h.sent_publishes();
+    assert_eq!(sent.len(), 1);
+    h.feed(puback(sent[0].packet_id.unwrap())).await;
+    assert!(waiting.await.unwrap().is_success());
+}
+
+// ----- completion handles ----------------------------------------------------------------
+
+#[tokio::test]
+async fn dropping_a_handle_does_not_withdraw_a_stored_publish() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    drop(h.publish(msg(QoS::AtLeastOnce, "t", "fire and forget")).await);
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.drop_link().await;
+    h.connect(true, None).await;
+    assert_eq!(h.sent_publishes().len(), 1, "still resent");
+    assert_eq!(h.session.packet_ids_in_use(), 1, "id held until completion");
+    h.feed(puback(id)).await;
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn failure_reason_codes_resolve_the_handle() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::ExactlyOnce, "t", "x")).await;
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    let mut rec = PubRec::new(id);
+    rec.reason_code = PubRecReasonCode::QuotaExceeded;
+    h.feed(rec).await;
+    let outcome = done.await.unwrap();
+    assert!(matches!(outcome, PublishOutcome::PubRec(_)));
+    assert_eq!(outcome.reason_code(), 0x97);
+    assert!(!outcome.is_success());
+    assert!(h.take_wire().is_empty(), "no PUBREL after a failed PUBREC");
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn subscribe_fails_with_connection_lost_and_frees_its_id() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let sub = h.session.subscribe(subscribe()).unwrap();
+    h.drive().await;
+    assert_eq!(h.session.packet_ids_in_use(), 1);
+    h.drop_link().await;
+    assert!(matches!(sub.await, Err(Error::ConnectionLost)));
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+    h.connect(true, None).await;
+    let sub = h.session.subscribe(subscribe()).unwrap();
+    h.drive().await;
+    let Packet::Subscribe(s) = h.take_wire().remove(0) else {
+        panic!()
+    };
+    h.feed(SubAck {
+        packet_id: s.packet_id,
+        properties: Default::default(),
+        reason_codes: vec![paho_packets::SubAckReasonCode::GrantedQoS1],
+    })
+    .await;
+    assert_eq!(sub.await.unwrap().reason_codes.len(), 1);
+}
+
+// ----- topic aliases ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn topic_alias_is_never_stored() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let mut p = msg(QoS::AtLeastOnce, "full/topic", "x");
+    p.properties = PublishProperties {
+        topic_alias: Some(5),
+        ..Default::default()
+    };
+    let _ = h.publish(p).await;
+    let entry = h.store.list().await.unwrap().remove(0);
+    let Packet::Publish(stored) = Packet::decode_exact(entry.value().clone()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(&*stored.topic, "full/topic");
+    assert_eq!(stored.properties.topic_alias, None);
+    // An alias-only PUBLISH cannot enter the session at all.
+    let mut alias_only = msg(QoS::AtLeastOnce, "", "x");
+    alias_only.properties.topic_alias = Some(5);
+    assert!(matches!(h.session.publish(alias_only), Err(Error::InvalidPacket(_))));
+}
+
+// ----- inbound ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn inbound_qos2_stored_before_pubrec_and_not_redelivered_across_reconnect() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    h.feed(incoming(QoS::ExactlyOnce, 9, "exactly")).await;
+    assert_eq!(h.delivered.len(), 1);
+    assert_eq!(h.stored().await, vec![(Key::Inbound(pid(9)), EntryKind::PubRec)]);
+    assert!(h.take_wire().is_empty(), "PUBREC waits for the application's ack");
+    let token = h.delivered[0].ack_token().unwrap();
+    h.session.ack(token).unwrap();
+    h.drive().await;
+    assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(9)))]);
+
+    h.drop_link().await;
+    h.connect(true, None).await;
+    let mut dup = incoming(QoS::ExactlyOnce, 9, "exactly");
+    dup.dup = true;
+    h.feed(dup).await;
+    assert_eq!(h.delivered.len(), 1, "not delivered twice");
+    assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(9)))]);
+    h.feed(PubRel::new(pid(9))).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubComp(PubComp::new(pid(9)))]);
+    assert!(h.stored().await.is_empty());
+    // After PUBCOMP the id is free for a new message, which is delivered.
+    h.feed(incoming(QoS::ExactlyOnce, 9, "new")).await;
+    assert_eq!(h.delivered.len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_pubrel_gets_pubcomp_0x92() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    h.feed(PubRel::new(pid(77))).await;
+    let mut expected = PubComp::new(pid(77));
+    expected.reason_code = PubCompReasonCode::PacketIdentifierNotFound;
+    assert_eq!(h.take_wire(), vec![Packet::PubComp(expected)]);
+}
+
+#[tokio::test]
+async fn acks_go_out_in_arrival_order_and_stale_acks_are_typed() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    h.feed(incoming(QoS::AtLeastOnce, 1, "a")).await;
+    h.feed(incoming(QoS::ExactlyOnce, 2, "b")).await;
+    h.feed(incoming(QoS::AtLeastOnce, 3, "c")).await;
+    let tokens: Vec<_> = h.delivered.iter().map(|d| d.ack_token().unwrap()).collect();
+    h.session.ack(tokens[2]).unwrap();
+    h.session.ack(tokens[1]).unwrap();
+    h.drive().await;
+    assert!(h.take_wire().is_empty(), "waits for the first message's ack");
+    h.session.ack(tokens[0]).unwrap();
+    h.drive().await;
+    assert_eq!(
+        h.take_wire(),
+        vec![
+            Packet::PubAck(PubAck::new(pid(1))),
+            Packet::PubRec(PubRec::new(pid(2))),
+            Packet::PubAck(PubAck::new(pid(3))),
+        ]
+    );
+    h.feed(incoming(QoS::AtLeastOnce, 4, "d")).await;
+    let stale = h.delivered[3].ack_token().unwrap();
+    h.drop_link().await;
+    h.connect(true, None).await;
+    assert!(matches!(h.session.ack(stale), Err(Error::StaleAck)));
+    h.drive().await;
+    assert!(h.take_wire().is_empty());
+}
+
+// ----- restart (FileStore) ---------------------------------------------------------------
+
+fn ident() -> StoreIdentity {
+    StoreIdentity::new("mqtt://scripted:1883", "engine-test").unwrap()
+}
+
+#[tokio::test]
+async fn inbound_qos2_duplicate_suppressed_across_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+        let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+            .await
+            .unwrap();
+        let mut h = Harness::new(session, store);
+        h.connect(false, None).await;
+        h.feed(incoming(QoS::ExactlyOnce, 21, "only once")).await;
+        assert_eq!(h.delivered.len(), 1);
+        // The process dies here, before even acking: the marker is already durable.
+        h.store.close().await;
+    }
+    let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+    let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+        .await
+        .unwrap();
+    let mut h = Harness::new(session, store);
+    assert_eq!(h.session.inbound_pending(), 1);
+    h.connect(true, None).await;
+    let mut dup = incoming(QoS::ExactlyOnce, 21, "only once");
+    dup.dup = true;
+    h.feed(dup).await;
+    assert!(h.delivered.is_empty(), "delivered again after restart");
+    assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(21)))]);
+    h.feed(PubRel::new(pid(21))).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubComp(PubComp::new(pid(21)))]);
+    assert!(h.stored().await.is_empty());
+    h.store.close().await;
+}
+
+#[tokio::test]
+async fn outbound_exchanges_resume_after_restart_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b);
+    {
+        let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+        let mut h = Harness::new(Session::new(SessionConfig::new().session_expiry_interval(HOUR)), store);
+        h.connect(false, None).await;
+        let _ = h.publish(msg(QoS::ExactlyOnce, "r/a", "a")).await;
+        let _ = h.publish(msg(QoS::AtLeastOnce, "r/b", "b")).await;
+        let sent = h.sent_publishes();
+        (a, b) = (sent[0].packet_id.unwrap(), sent[1].packet_id.unwrap());
+        h.feed(PubRec::new(a)).await;
+        h.store.close().await;
+    }
+    let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+    let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+        .await
+        .unwrap();
+    let mut h = Harness::new(session, store);
+    assert_eq!(h.session.unfinished(), 2);
+    h.connect(true, None).await;
+    let wire = h.take_wire();
+    assert_eq!(wire[0], Packet::PubRel(PubRel::new(a)));
+    let Packet::Publish(p) = &wire[1] else { panic!("{wire:?}") };
+    assert_eq!((p.packet_id, p.dup, &*p.topic), (Some(b), true, "r/b"));
+    // A new publish does not reuse an id the restored session holds.
+    let _ = h.publish(msg(QoS::AtLeastOnce, "r/c", "c")).await;
+    let c = h.sent_publishes()[0].packet_id.unwrap();
+    assert!(c != a && c != b);
+    h.store.close().await;
+}
+
+#[tokio::test]
+async fn corrupt_entries_are_quarantined_at_load_and_the_rest_resumes() {
+    let store = MemoryStore::new();
+    let mut good = bytes::BytesMut::new();
+    Packet::Publish(Publish {
+        packet_id: Some(pid(2)),
+        ..msg(QoS::AtLeastOnce, "ok", "fine")
+    })
+    .encode(&mut good)
+    .unwrap();
+    store
+        .put(Key::Outbound(pid(1)), EntryKind::Publish, Bytes::from_static(b"\x30\xFFgarbage"))
+        .await
+        .unwrap();
+    store
+        .put(Key::Outbound(pid(2)), EntryKind::Publish, good.freeze())
+        .await
+        .unwrap();
+    // Valid packet, wrong key: also unusable.
+    store
+        .put(Key::Inbound(pid(3)), EntryKind::PubRec, {
+            let mut b = bytes::BytesMut::new();
+            Packet::PubRec(PubRec::new(pid(4))).encode(&mut b).unwrap();
+            b.freeze()
+        })
+        .await
+        .unwrap();
+    let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+        .await
+        .unwrap();
+    let mut h = Harness::new(session, store);
+    h.drive().await;
+    let q = h.store.quarantined();
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert_eq!(h.stored().await, vec![(Key::Outbound(pid(2)), EntryKind::Publish)]);
+    h.connect(true, None).await;
+    let resent = h.sent_publishes();
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].packet_id, Some(pid(2)));
+}
+
+#[tokio::test]
+async fn corrupt_file_store_bytes_are_quarantined_and_the_session_still_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+        let mut h = Harness::new(Session::new(SessionConfig::new().session_expiry_interval(HOUR)), store);
+        h.connect(false, None).await;
+        for i in 0..3 {
+            let _ = h.publish(msg(QoS::AtLeastOnce, "c", &format!("payload-{i}-{}", "x".repeat(40)))).await;
+        }
+        h.store.close().await;
+    }
+    let log = tmp.path().join("log");
+    let mut b = std::fs::read(&log).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x20;
+    std::fs::write(&log, b).unwrap();
+    let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+    assert_eq!(store.quarantined().len(), 1);
+    let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+        .await
+        .unwrap();
+    let mut h = Harness::new(session, store);
+    h.connect(true, None).await;
+    let payloads: Vec<Bytes> = h.sent_publishes().into_iter().map(|p| p.payload).collect();
+    assert_eq!(payloads.len(), 2);
+    assert!(payloads[0].starts_with(b"payload-0"));
+    assert!(payloads[1].starts_with(b"payload-2"));
+    h.store.close().await;
+}
+
+// ----- session expiry --------------------------------------------------------------------
+
+#[tokio::test]
+async fn expiry_elapsed_while_offline_starts_clean_and_fails_waiters() {
+    let mut h = memory_harness(60);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
+    h.feed(incoming(QoS::ExactlyOnce, 5, "in")).await;
+    h.drop_link().await;
+    h.advance(Duration::from_secs(61));
+    assert!(h.connect(false, None).await, "expired: clean start");
+    assert!(matches!(done.await, Err(Error::SessionExpired)));
+    assert!(h.stored().await.is_empty());
+    assert!(h.take_wire().is_empty(), "nothing resent");
+    assert_eq!(h.session.inbound_pending(), 0);
+}
+
+#[tokio::test]
+async fn expiry_not_yet_elapsed_keeps_the_session() {
+    let mut h = memory_harness(60);
+    h.connect(false, None).await;
+    let _done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
+    h.take_wire();
+    h.drop_link().await;
+    h.advance(Duration::from_secs(59));
+    assert!(!h.connect(true, None).await);
+    assert_eq!(h.sent_publishes().len(), 1);
+}
+
+#[tokio::test]
+async fn expiry_interval_zero_clears_on_loss() {
+    let mut h = memory_harness(0);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
+    h.drop_link().await;
+    assert!(matches!(done.await, Err(Error::SessionExpired)));
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn server_session_expiry_from_connack_wins() {
+    let mut h = memory_harness(HOUR);
+    let clean = h.session.begin_connect(false, h.now);
+    assert!(!clean);
+    let mut connack = ConnAck::default();
+    connack.properties.session_expiry_interval = Some(10);
+    h.session.on_connack(&connack, h.now).unwrap();
+    let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
+    h.drop_link().await;
+    h.advance(Duration::from_secs(11));
+    assert!(h.connect(false, None).await);
+    assert!(matches!(done.await, Err(Error::SessionExpired)));
+}
