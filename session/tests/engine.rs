@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use paho_packets::{
     ConnAck, Packet, PacketId, PubAck, PubComp, PubCompReasonCode, PubRec, PubRecReasonCode,
-    PubRel, Publish, PublishProperties, QoS, SubAck, Subscribe, Subscription,
-    SubscriptionOptions,
+    PubRel, Publish, PublishProperties, QoS, SubAck, Subscribe, Subscription, SubscriptionOptions,
 };
 use paho_session::{
     Action, Delivery, EntryKind, Error, FileStore, Key, MemoryStore, PublishOutcome, Session,
@@ -169,10 +168,16 @@ async fn qos1_resent_with_dup_after_drop_before_puback() {
     assert_eq!(first.len(), 1);
     let id = first[0].packet_id.unwrap();
     assert!(!first[0].dup);
-    assert_eq!(h.stored().await, vec![(Key::Outbound(id), EntryKind::Publish)]);
+    assert_eq!(
+        h.stored().await,
+        vec![(Key::Outbound(id), EntryKind::Publish)]
+    );
 
     h.drop_link().await;
-    assert!(done.try_outcome().is_none(), "the handle outlives the connection");
+    assert!(
+        done.try_outcome().is_none(),
+        "the handle outlives the connection"
+    );
     h.advance(Duration::from_secs(5));
     assert!(!h.connect(true, None).await, "not expired: no clean start");
     let resent = h.sent_publishes();
@@ -204,7 +209,10 @@ async fn qos2_resent_with_dup_after_drop_before_pubrec() {
 
     h.feed(PubRec::new(id)).await;
     assert_eq!(h.take_wire(), vec![Packet::PubRel(PubRel::new(id))]);
-    assert_eq!(h.stored().await, vec![(Key::Outbound(id), EntryKind::PubRel)]);
+    assert_eq!(
+        h.stored().await,
+        vec![(Key::Outbound(id), EntryKind::PubRel)]
+    );
     h.feed(PubComp::new(id)).await;
     assert!(matches!(done.await.unwrap(), PublishOutcome::PubComp(_)));
     assert!(h.stored().await.is_empty());
@@ -230,11 +238,16 @@ async fn resend_keeps_original_order_across_kinds() {
     let mut h = memory_harness(HOUR);
     h.connect(false, None).await;
     let mut ids = Vec::new();
-    for (i, qos) in [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
-        .into_iter()
-        .enumerate()
+    for (i, qos) in [
+        QoS::AtLeastOnce,
+        QoS::ExactlyOnce,
+        QoS::AtLeastOnce,
+        QoS::ExactlyOnce,
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let _ = h.publish(msg(qos, "t", &i.to_string())).await;
+        drop(h.publish(msg(qos, "t", &i.to_string())).await);
         ids.push(h.sent_publishes()[0].packet_id.unwrap());
     }
     // The second one advances to PUBREL; it must still be resent in second place.
@@ -295,7 +308,11 @@ async fn all_ids_exhausted_then_freed_then_reused() {
     let _sub = h.session.subscribe(subscribe()).unwrap();
     let mut handles = Vec::new();
     for i in 0..65_534u32 {
-        handles.push(h.session.publish(msg(QoS::AtLeastOnce, "t", &i.to_string())).unwrap());
+        handles.push(
+            h.session
+                .publish(msg(QoS::AtLeastOnce, "t", &i.to_string()))
+                .unwrap(),
+        );
     }
     h.drive().await;
     assert_eq!(h.session.packet_ids_in_use(), 65_535);
@@ -314,7 +331,10 @@ async fn all_ids_exhausted_then_freed_then_reused() {
         h.session.publish(msg(QoS::AtLeastOnce, "t", "more")),
         Err(Error::PacketIdsExhausted)
     ));
-    assert!(matches!(h.session.subscribe(subscribe()), Err(Error::PacketIdsExhausted)));
+    assert!(matches!(
+        h.session.subscribe(subscribe()),
+        Err(Error::PacketIdsExhausted)
+    ));
 
     // Free one, and it is used again.
     let freed = pid(4242);
@@ -331,7 +351,11 @@ async fn more_than_65535_sequential_publishes() {
     let mut h = memory_harness(HOUR);
     h.connect(false, None).await;
     for i in 0..70_000u32 {
-        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
         let done = h.publish(msg(qos, "seq", &i.to_string())).await;
         let id = h.sent_publishes()[0].packet_id.unwrap();
         if qos == QoS::AtLeastOnce {
@@ -386,13 +410,17 @@ async fn smaller_receive_maximum_on_reconnect_is_honoured() {
     let mut h = memory_harness(HOUR);
     h.connect(false, Some(10)).await;
     for i in 0..4 {
-        let _ = h.publish(msg(QoS::AtLeastOnce, "r", &i.to_string())).await;
+        drop(h.publish(msg(QoS::AtLeastOnce, "r", &i.to_string())).await);
     }
     assert_eq!(h.sent_publishes().len(), 4);
     h.drop_link().await;
     h.connect(true, Some(2)).await;
     let resent = h.sent_publishes();
-    assert_eq!(resent.len(), 2, "only as many resends as the new quota allows");
+    assert_eq!(
+        resent.len(),
+        2,
+        "only as many resends as the new quota allows"
+    );
     assert_eq!(h.session.send_quota(), 0);
     h.feed(puback(resent[0].packet_id.unwrap())).await;
     let next = h.sent_publishes();
@@ -407,7 +435,7 @@ async fn retransmission_beyond_quota_never_underflows() {
     h.connect(false, Some(10)).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        let _ = h.publish(msg(QoS::ExactlyOnce, "r", &i.to_string())).await;
+        drop(h.publish(msg(QoS::ExactlyOnce, "r", &i.to_string())).await);
         ids.push(h.sent_publishes()[0].packet_id.unwrap());
     }
     for &id in &ids {
@@ -427,7 +455,10 @@ async fn retransmission_beyond_quota_never_underflows() {
     let waiting = h.publish(msg(QoS::AtLeastOnce, "r", "new")).await;
     assert!(h.take_wire().is_empty());
     h.feed(PubComp::new(ids[0])).await;
-    assert!(h.take_wire().is_empty(), "2 in flight, quota 2: still blocked");
+    assert!(
+        h.take_wire().is_empty(),
+        "2 in flight, quota 2: still blocked"
+    );
     h.feed(PubComp::new(ids[1])).await;
     let sent = h.sent_publishes();
     assert_eq!(sent.len(), 1);
@@ -441,7 +472,10 @@ async fn retransmission_beyond_quota_never_underflows() {
 async fn dropping_a_handle_does_not_withdraw_a_stored_publish() {
     let mut h = memory_harness(HOUR);
     h.connect(false, None).await;
-    drop(h.publish(msg(QoS::AtLeastOnce, "t", "fire and forget")).await);
+    drop(
+        h.publish(msg(QoS::AtLeastOnce, "t", "fire and forget"))
+            .await,
+    );
     let id = h.sent_publishes()[0].packet_id.unwrap();
     h.drop_link().await;
     h.connect(true, None).await;
@@ -505,7 +539,7 @@ async fn topic_alias_is_never_stored() {
         topic_alias: Some(5),
         ..Default::default()
     };
-    let _ = h.publish(p).await;
+    drop(h.publish(p).await);
     let entry = h.store.list().await.unwrap().remove(0);
     let Packet::Publish(stored) = Packet::decode_exact(entry.value().clone()).unwrap() else {
         panic!()
@@ -515,7 +549,10 @@ async fn topic_alias_is_never_stored() {
     // An alias-only PUBLISH cannot enter the session at all.
     let mut alias_only = msg(QoS::AtLeastOnce, "", "x");
     alias_only.properties.topic_alias = Some(5);
-    assert!(matches!(h.session.publish(alias_only), Err(Error::InvalidPacket(_))));
+    assert!(matches!(
+        h.session.publish(alias_only),
+        Err(Error::InvalidPacket(_))
+    ));
 }
 
 // ----- inbound ---------------------------------------------------------------------------
@@ -526,8 +563,14 @@ async fn inbound_qos2_stored_before_pubrec_and_not_redelivered_across_reconnect(
     h.connect(false, None).await;
     h.feed(incoming(QoS::ExactlyOnce, 9, "exactly")).await;
     assert_eq!(h.delivered.len(), 1);
-    assert_eq!(h.stored().await, vec![(Key::Inbound(pid(9)), EntryKind::PubRec)]);
-    assert!(h.take_wire().is_empty(), "PUBREC waits for the application's ack");
+    assert_eq!(
+        h.stored().await,
+        vec![(Key::Inbound(pid(9)), EntryKind::PubRec)]
+    );
+    assert!(
+        h.take_wire().is_empty(),
+        "PUBREC waits for the application's ack"
+    );
     let token = h.delivered[0].ack_token().unwrap();
     h.session.ack(token).unwrap();
     h.drive().await;
@@ -569,7 +612,10 @@ async fn acks_go_out_in_arrival_order_and_stale_acks_are_typed() {
     h.session.ack(tokens[2]).unwrap();
     h.session.ack(tokens[1]).unwrap();
     h.drive().await;
-    assert!(h.take_wire().is_empty(), "waits for the first message's ack");
+    assert!(
+        h.take_wire().is_empty(),
+        "waits for the first message's ack"
+    );
     h.session.ack(tokens[0]).unwrap();
     h.drive().await;
     assert_eq!(
@@ -600,9 +646,10 @@ async fn inbound_qos2_duplicate_suppressed_across_restart() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let store = FileStore::open(tmp.path(), ident()).await.unwrap();
-        let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
-            .await
-            .unwrap();
+        let session =
+            Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+                .await
+                .unwrap();
         let mut h = Harness::new(session, store);
         h.connect(false, None).await;
         h.feed(incoming(QoS::ExactlyOnce, 21, "only once")).await;
@@ -634,10 +681,13 @@ async fn outbound_exchanges_resume_after_restart_in_order() {
     let (a, b);
     {
         let store = FileStore::open(tmp.path(), ident()).await.unwrap();
-        let mut h = Harness::new(Session::new(SessionConfig::new().session_expiry_interval(HOUR)), store);
+        let mut h = Harness::new(
+            Session::new(SessionConfig::new().session_expiry_interval(HOUR)),
+            store,
+        );
         h.connect(false, None).await;
-        let _ = h.publish(msg(QoS::ExactlyOnce, "r/a", "a")).await;
-        let _ = h.publish(msg(QoS::AtLeastOnce, "r/b", "b")).await;
+        drop(h.publish(msg(QoS::ExactlyOnce, "r/a", "a")).await);
+        drop(h.publish(msg(QoS::AtLeastOnce, "r/b", "b")).await);
         let sent = h.sent_publishes();
         (a, b) = (sent[0].packet_id.unwrap(), sent[1].packet_id.unwrap());
         h.feed(PubRec::new(a)).await;
@@ -652,10 +702,12 @@ async fn outbound_exchanges_resume_after_restart_in_order() {
     h.connect(true, None).await;
     let wire = h.take_wire();
     assert_eq!(wire[0], Packet::PubRel(PubRel::new(a)));
-    let Packet::Publish(p) = &wire[1] else { panic!("{wire:?}") };
+    let Packet::Publish(p) = &wire[1] else {
+        panic!("{wire:?}")
+    };
     assert_eq!((p.packet_id, p.dup, &*p.topic), (Some(b), true, "r/b"));
     // A new publish does not reuse an id the restored session holds.
-    let _ = h.publish(msg(QoS::AtLeastOnce, "r/c", "c")).await;
+    drop(h.publish(msg(QoS::AtLeastOnce, "r/c", "c")).await);
     let c = h.sent_publishes()[0].packet_id.unwrap();
     assert!(c != a && c != b);
     h.store.close().await;
@@ -672,7 +724,11 @@ async fn corrupt_entries_are_quarantined_at_load_and_the_rest_resumes() {
     .encode(&mut good)
     .unwrap();
     store
-        .put(Key::Outbound(pid(1)), EntryKind::Publish, Bytes::from_static(b"\x30\xFFgarbage"))
+        .put(
+            Key::Outbound(pid(1)),
+            EntryKind::Publish,
+            Bytes::from_static(b"\x30\xFFgarbage"),
+        )
         .await
         .unwrap();
     store
@@ -695,7 +751,10 @@ async fn corrupt_entries_are_quarantined_at_load_and_the_rest_resumes() {
     h.drive().await;
     let q = h.store.quarantined();
     assert_eq!(q.len(), 2, "{q:?}");
-    assert_eq!(h.stored().await, vec![(Key::Outbound(pid(2)), EntryKind::Publish)]);
+    assert_eq!(
+        h.stored().await,
+        vec![(Key::Outbound(pid(2)), EntryKind::Publish)]
+    );
     h.connect(true, None).await;
     let resent = h.sent_publishes();
     assert_eq!(resent.len(), 1);
@@ -707,10 +766,20 @@ async fn corrupt_file_store_bytes_are_quarantined_and_the_session_still_loads() 
     let tmp = tempfile::tempdir().unwrap();
     {
         let store = FileStore::open(tmp.path(), ident()).await.unwrap();
-        let mut h = Harness::new(Session::new(SessionConfig::new().session_expiry_interval(HOUR)), store);
+        let mut h = Harness::new(
+            Session::new(SessionConfig::new().session_expiry_interval(HOUR)),
+            store,
+        );
         h.connect(false, None).await;
         for i in 0..3 {
-            let _ = h.publish(msg(QoS::AtLeastOnce, "c", &format!("payload-{i}-{}", "x".repeat(40)))).await;
+            drop(
+                h.publish(msg(
+                    QoS::AtLeastOnce,
+                    "c",
+                    &format!("payload-{i}-{}", "x".repeat(40)),
+                ))
+                .await,
+            );
         }
         h.store.close().await;
     }

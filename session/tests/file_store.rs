@@ -47,7 +47,9 @@ async fn everything_acknowledged_is_there_after_reopen_in_order() {
         vec![out(9), out(4), out(1)]
     );
     // Sequence numbers continue after reopen: a new entry sorts last.
-    s.put(out(2), EntryKind::Publish, Bytes::new()).await.unwrap();
+    s.put(out(2), EntryKind::Publish, Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(contents(&s).await.last().unwrap().0, out(2));
     s.close().await;
 }
@@ -58,11 +60,16 @@ async fn order_survives_file_times_being_meaningless() {
     let tmp = tempfile::tempdir().unwrap();
     let s = FileStore::open(tmp.path(), ident()).await.unwrap();
     for n in [3, 2, 1] {
-        s.put(out(n), EntryKind::Publish, Bytes::new()).await.unwrap();
+        s.put(out(n), EntryKind::Publish, Bytes::new())
+            .await
+            .unwrap();
     }
     s.close().await;
     for e in std::fs::read_dir(tmp.path()).unwrap() {
-        let f = std::fs::OpenOptions::new().append(true).open(e.unwrap().path()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(e.unwrap().path())
+            .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
     }
     let s = FileStore::open(tmp.path(), ident()).await.unwrap();
@@ -74,7 +81,11 @@ async fn order_survives_file_times_being_meaningless() {
 #[tokio::test]
 async fn refuses_a_directory_of_another_server_or_client() {
     let tmp = tempfile::tempdir().unwrap();
-    FileStore::open(tmp.path(), ident()).await.unwrap().close().await;
+    FileStore::open(tmp.path(), ident())
+        .await
+        .unwrap()
+        .close()
+        .await;
     let other_client = StoreIdentity::new("mqtt://broker:1883", "client-b").unwrap();
     match FileStore::open(tmp.path(), other_client).await {
         Err(Error::IdentityMismatch {
@@ -92,13 +103,21 @@ async fn refuses_a_directory_of_another_server_or_client() {
     assert!(matches!(err, Error::IdentityMismatch { .. }), "{err}");
     assert!(err.to_string().contains("elsewhere"));
     // The rightful owner still opens it.
-    FileStore::open(tmp.path(), ident()).await.unwrap().close().await;
+    FileStore::open(tmp.path(), ident())
+        .await
+        .unwrap()
+        .close()
+        .await;
 }
 
 #[tokio::test]
 async fn a_damaged_identity_file_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    FileStore::open(tmp.path(), ident()).await.unwrap().close().await;
+    FileStore::open(tmp.path(), ident())
+        .await
+        .unwrap()
+        .close()
+        .await;
     let meta = tmp.path().join("meta");
     let mut b = std::fs::read(&meta).unwrap();
     let last = b.len() - 6;
@@ -120,7 +139,11 @@ async fn one_open_store_per_directory_in_a_process() {
     drop(s);
     // Once every handle is gone the directory can be opened again (the open waits for the old
     // writer to finish instead of failing).
-    FileStore::open(tmp.path(), ident()).await.unwrap().close().await;
+    FileStore::open(tmp.path(), ident())
+        .await
+        .unwrap()
+        .close()
+        .await;
 }
 
 #[tokio::test]
@@ -162,7 +185,8 @@ async fn torn_tail_is_dropped_silently_and_writes_continue() {
         .append(true)
         .open(tmp.path().join("log"))
         .unwrap();
-    f.write_all(&[0x52, 0x4C, 0x53, 0x50, 200, 0, 0, 0, 1, 2]).unwrap();
+    f.write_all(&[0x52, 0x4C, 0x53, 0x50, 200, 0, 0, 0, 1, 2])
+        .unwrap();
     drop(f);
     let s = FileStore::open(tmp.path(), ident()).await.unwrap();
     assert!(s.quarantined().is_empty());
@@ -213,7 +237,16 @@ async fn options_are_validated() {
         FileStoreOptions::new().compact_min_bytes(0),
         Err(Error::InvalidConfig(_))
     ));
-    assert!(matches!(FileStoreOptions::new().max_batch(0), Err(Error::InvalidConfig(_))));
-    assert!(matches!(StoreIdentity::new("", "c"), Err(Error::InvalidConfig(_))));
-    assert!(matches!(StoreIdentity::new("s", ""), Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        FileStoreOptions::new().max_batch(0),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        StoreIdentity::new("", "c"),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        StoreIdentity::new("s", ""),
+        Err(Error::InvalidConfig(_))
+    ));
 }

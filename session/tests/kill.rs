@@ -42,7 +42,9 @@ fn child_writer() {
         .unwrap();
     rt.block_on(async move {
         // Small compaction threshold so that kills also land in the middle of compactions.
-        let opts = FileStoreOptions::new().compact_min_bytes(16 * 1024).unwrap();
+        let opts = FileStoreOptions::new()
+            .compact_min_bytes(16 * 1024)
+            .unwrap();
         let store = FileStore::open_with(&dir, ident(), opts).await.unwrap();
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
@@ -51,7 +53,10 @@ fn child_writer() {
                 let base = w * IDS_PER_WRITER;
                 for i in 1..=IDS_PER_WRITER {
                     let id = base + i;
-                    store.put(key(id), EntryKind::Publish, value(id)).await.unwrap();
+                    store
+                        .put(key(id), EntryKind::Publish, value(id))
+                        .await
+                        .unwrap();
                     println!("P {id}");
                     if i > 2 {
                         store.delete(key(id - 2)).await.unwrap();
@@ -135,11 +140,18 @@ async fn sigkill_during_writes_loses_nothing_reported() {
                 None => assert!(delete_in_flight, "reported write {id} lost"),
             }
         } else {
-            assert!(!present.contains_key(&key(id)), "reported delete {id} undone");
+            assert!(
+                !present.contains_key(&key(id)),
+                "reported delete {id} undone"
+            );
         }
     }
     // At most two live ids per writer plus one in flight each.
-    assert!(present.len() <= usize::from(WRITERS) * 3, "{}", present.len());
+    assert!(
+        present.len() <= usize::from(WRITERS) * 3,
+        "{}",
+        present.len()
+    );
     assert!(store.quarantined().is_empty());
     store.close().await;
 }

@@ -60,7 +60,10 @@ async fn memory() -> Mem {
 async fn file() -> File {
     let dir = tempfile::tempdir().unwrap();
     let ident = StoreIdentity::new("mqtt://test:1883", "conformance").unwrap();
-    File(FileStore::open(dir.path().join("s"), ident).await.unwrap(), dir)
+    File(
+        FileStore::open(dir.path().join("s"), ident).await.unwrap(),
+        dir,
+    )
 }
 
 async fn put_then_get<S: Store>(s: &S) {
@@ -139,10 +142,17 @@ async fn reset_clears_and_later_puts_still_order<S: Store>(s: &S) {
 
 async fn quarantine_removes_and_reports<S: Store>(s: &S) {
     s.put(out(1), EntryKind::Publish, val("bad")).await.unwrap();
-    s.put(out(2), EntryKind::Publish, val("good")).await.unwrap();
-    s.quarantine(out(1), "does not decode".into()).await.unwrap();
+    s.put(out(2), EntryKind::Publish, val("good"))
+        .await
+        .unwrap();
+    s.quarantine(out(1), "does not decode".into())
+        .await
+        .unwrap();
     s.quarantine(out(3), "absent".into()).await.unwrap();
-    assert_eq!(keys(s).await, vec![(out(2), EntryKind::Publish, val("good"))]);
+    assert_eq!(
+        keys(s).await,
+        vec![(out(2), EntryKind::Publish, val("good"))]
+    );
     let q = s.quarantined();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].key(), Some(out(1)));

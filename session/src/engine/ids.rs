@@ -43,7 +43,11 @@ impl PacketIds {
         }
         loop {
             let candidate = self.next;
-            self.next = if self.next == u16::MAX { 1 } else { self.next + 1 };
+            self.next = if self.next == u16::MAX {
+                1
+            } else {
+                self.next + 1
+            };
             if let Some(id) = NonZeroU16::new(candidate) {
                 if self.in_use.insert(candidate) {
                     return Ok(id);

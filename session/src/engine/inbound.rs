@@ -45,7 +45,10 @@ impl AckQueue {
             return false;
         }
         if let Some(i) = t.seq.checked_sub(self.base) {
-            if let Some(e) = usize::try_from(i).ok().and_then(|i| self.entries.get_mut(i)) {
+            if let Some(e) = usize::try_from(i)
+                .ok()
+                .and_then(|i| self.entries.get_mut(i))
+            {
                 e.2 = true;
             }
         }

@@ -27,17 +27,9 @@ use crate::store::{EntryKind, Key, Store, StoredEntry};
 use crate::Error;
 
 /// Session settings, validated on construction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionConfig {
     session_expiry_interval: u32,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            session_expiry_interval: 0,
-        }
-    }
 }
 
 impl SessionConfig {
@@ -54,15 +46,15 @@ impl SessionConfig {
     }
 }
 
-/// Where an outgoing QoS 1/2 publish is in its exchange.
+/// Where an outgoing QoS 1/2 publish is in its exchange: which acknowledgement it awaits.
 #[derive(Debug)]
 enum OutState {
     /// QoS 1, PUBLISH stored, awaiting PUBACK.
-    AwaitAck(Publish),
+    Puback(Publish),
     /// QoS 2, PUBLISH stored, awaiting PUBREC.
-    AwaitRec(Publish),
+    Pubrec(Publish),
     /// QoS 2, PUBREL stored, awaiting PUBCOMP.
-    AwaitComp,
+    Pubcomp,
 }
 
 #[derive(Debug)]
@@ -204,14 +196,14 @@ impl Session {
                     return Err("stored PUBLISH lacks its topic name or carries a topic alias");
                 }
                 let state = match p.qos {
-                    QoS::AtLeastOnce => OutState::AwaitAck(p),
-                    QoS::ExactlyOnce => OutState::AwaitRec(p),
+                    QoS::AtLeastOnce => OutState::Puback(p),
+                    QoS::ExactlyOnce => OutState::Pubrec(p),
                     QoS::AtMostOnce => return Err("stored PUBLISH has QoS 0"),
                 };
                 self.insert_outbound(id, state, None);
             }
             (Key::Outbound(_), EntryKind::PubRel, Packet::PubRel(p)) if p.packet_id == id => {
-                self.insert_outbound(id, OutState::AwaitComp, None);
+                self.insert_outbound(id, OutState::Pubcomp, None);
             }
             (Key::Inbound(_), EntryKind::PubRec, Packet::PubRec(p)) if p.packet_id == id => {
                 self.inbound.insert(id, inbound::State::Recorded);
@@ -283,7 +275,11 @@ impl Session {
             });
         }
         self.link = Link::Up;
-        self.receive_max = connack.properties.receive_maximum.unwrap_or(u16::MAX).max(1);
+        self.receive_max = connack
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .max(1);
         if let Some(secs) = connack.properties.session_expiry_interval {
             self.expiry = secs;
         }
@@ -298,7 +294,7 @@ impl Session {
                     continue;
                 };
                 match out.state {
-                    OutState::AwaitComp => {
+                    OutState::Pubcomp => {
                         // A PUBREL already counts against the quota (the server holds the
                         // message), and must be resent whatever the quota says.
                         out.counted = true;
@@ -306,7 +302,7 @@ impl Session {
                         self.actions
                             .push_back(Action::Send(Packet::PubRel(PubRel::new(id))));
                     }
-                    OutState::AwaitAck(ref p) | OutState::AwaitRec(ref p) => {
+                    OutState::Puback(ref p) | OutState::Pubrec(ref p) => {
                         // In original order while the quota lasts; the rest are held back (in
                         // order) and go out as acknowledgements free quota.
                         if self.resend.is_empty() && self.in_flight < usize::from(self.receive_max)
@@ -414,7 +410,8 @@ impl Session {
             }
             publish.packet_id = None;
             Packet::Publish(publish.clone()).encoded_len()?;
-            self.actions.push_back(Action::Send(Packet::Publish(publish)));
+            self.actions
+                .push_back(Action::Send(Packet::Publish(publish)));
             return Ok(Completion::ready(Ok(PublishOutcome::Sent)));
         }
         // Validate now (with a placeholder id) so that a bad packet fails its caller instead of
@@ -444,7 +441,7 @@ impl Session {
         while self.in_flight < usize::from(self.receive_max) {
             if let Some(id) = self.resend.pop_front() {
                 if let Some(out) = self.outbound.get_mut(&id) {
-                    if let OutState::AwaitAck(p) | OutState::AwaitRec(p) = &out.state {
+                    if let OutState::Puback(p) | OutState::Pubrec(p) = &out.state {
                         let mut p = p.clone();
                         p.dup = true;
                         out.counted = true;
@@ -496,9 +493,9 @@ impl Session {
             self.actions
                 .push_back(Action::Send(Packet::Publish(publish.clone())));
             let state = if publish.qos == QoS::ExactlyOnce {
-                OutState::AwaitRec(publish)
+                OutState::Pubrec(publish)
             } else {
-                OutState::AwaitAck(publish)
+                OutState::Puback(publish)
             };
             self.insert_outbound(id, state, Some(completer));
             if let Some(out) = self.outbound.get_mut(&id) {
@@ -516,7 +513,8 @@ impl Session {
         subscribe.packet_id = id;
         let (completer, completion) = Completion::pair();
         self.requests.insert(id, Request::Subscribe(completer));
-        self.actions.push_back(Action::Send(Packet::Subscribe(subscribe)));
+        self.actions
+            .push_back(Action::Send(Packet::Subscribe(subscribe)));
         Ok(completion)
     }
 
@@ -572,7 +570,10 @@ impl Session {
                     Err(protocol("SUBACK for a packet id that awaits UNSUBACK"))
                 }
                 None => {
-                    tracing::warn!(id = a.packet_id.get(), "SUBACK for an unknown packet id ignored");
+                    tracing::warn!(
+                        id = a.packet_id.get(),
+                        "SUBACK for an unknown packet id ignored"
+                    );
                     Ok(())
                 }
             },
@@ -588,7 +589,10 @@ impl Session {
                     Err(protocol("UNSUBACK for a packet id that awaits SUBACK"))
                 }
                 None => {
-                    tracing::warn!(id = a.packet_id.get(), "UNSUBACK for an unknown packet id ignored");
+                    tracing::warn!(
+                        id = a.packet_id.get(),
+                        "UNSUBACK for an unknown packet id ignored"
+                    );
                     Ok(())
                 }
             },
@@ -614,14 +618,17 @@ impl Session {
 
     fn on_puback(&mut self, ack: PubAck) -> Result<(), Error> {
         match self.outbound.get(&ack.packet_id).map(|o| &o.state) {
-            Some(OutState::AwaitAck(_)) => {
+            Some(OutState::Puback(_)) => {
                 let id = ack.packet_id;
                 self.finish(id, PublishOutcome::PubAck(ack));
                 Ok(())
             }
             Some(_) => Err(protocol("PUBACK for a QoS 2 exchange")),
             None => {
-                tracing::warn!(id = ack.packet_id.get(), "PUBACK for an unknown packet id ignored");
+                tracing::warn!(
+                    id = ack.packet_id.get(),
+                    "PUBACK for an unknown packet id ignored"
+                );
                 Ok(())
             }
         }
@@ -631,14 +638,14 @@ impl Session {
         let id = rec.packet_id;
         match self.outbound.get_mut(&id) {
             Some(out) => match out.state {
-                OutState::AwaitRec(_) if rec.reason_code.is_error() => {
+                OutState::Pubrec(_) if rec.reason_code.is_error() => {
                     self.finish(id, PublishOutcome::PubRec(rec));
                     Ok(())
                 }
-                OutState::AwaitRec(_) | OutState::AwaitComp => {
+                OutState::Pubrec(_) | OutState::Pubcomp => {
                     // A repeated PUBREC is answered with the PUBREL again (nothing to store).
-                    let fresh = matches!(out.state, OutState::AwaitRec(_));
-                    out.state = OutState::AwaitComp;
+                    let fresh = matches!(out.state, OutState::Pubrec(_));
+                    out.state = OutState::Pubcomp;
                     let pubrel = Packet::PubRel(PubRel::new(id));
                     if fresh {
                         let value = encode(&pubrel)?;
@@ -651,7 +658,7 @@ impl Session {
                     self.actions.push_back(Action::Send(pubrel));
                     Ok(())
                 }
-                OutState::AwaitAck(_) => Err(protocol("PUBREC for a QoS 1 exchange")),
+                OutState::Puback(_) => Err(protocol("PUBREC for a QoS 1 exchange")),
             },
             None => {
                 let mut pubrel = PubRel::new(id);
@@ -664,14 +671,17 @@ impl Session {
 
     fn on_pubcomp(&mut self, comp: PubComp) -> Result<(), Error> {
         match self.outbound.get(&comp.packet_id).map(|o| &o.state) {
-            Some(OutState::AwaitComp) => {
+            Some(OutState::Pubcomp) => {
                 let id = comp.packet_id;
                 self.finish(id, PublishOutcome::PubComp(comp));
                 Ok(())
             }
             Some(_) => Err(protocol("PUBCOMP before PUBREC")),
             None => {
-                tracing::warn!(id = comp.packet_id.get(), "PUBCOMP for an unknown packet id ignored");
+                tracing::warn!(
+                    id = comp.packet_id.get(),
+                    "PUBCOMP for an unknown packet id ignored"
+                );
                 Ok(())
             }
         }

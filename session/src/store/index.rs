@@ -74,10 +74,7 @@ impl Index {
     }
 
     pub(crate) fn list(&self) -> Vec<StoredEntry> {
-        self.by_seq
-            .values()
-            .filter_map(|k| self.get(*k))
-            .collect()
+        self.by_seq.values().filter_map(|k| self.get(*k)).collect()
     }
 
     /// Clears every entry. Sequence numbers keep counting up, so nothing put later can sort

@@ -219,7 +219,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static;
 
     /// Reads one entry.
-    fn get(&self, key: Key) -> impl Future<Output = Result<Option<StoredEntry>, Error>> + Send + 'static;
+    fn get(
+        &self,
+        key: Key,
+    ) -> impl Future<Output = Result<Option<StoredEntry>, Error>> + Send + 'static;
 
     /// Removes an entry. Removing an absent key succeeds.
     fn delete(&self, key: Key) -> impl Future<Output = Result<(), Error>> + Send + 'static;

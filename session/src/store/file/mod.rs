@@ -33,9 +33,9 @@ use std::collections::HashMap;
 use std::future::{ready, Future};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -305,7 +305,8 @@ impl FileStore {
         let dir = dir.as_ref().to_owned();
         Self::spawn(
             move || {
-                let fs = RealFs::new(dir.clone()).map_err(|e| Error::io("creating the directory", e))?;
+                let fs =
+                    RealFs::new(dir.clone()).map_err(|e| Error::io("creating the directory", e))?;
                 let key = dir
                     .canonicalize()
                     .map_err(|e| Error::io("resolving the directory", e))?;

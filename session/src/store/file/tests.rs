@@ -54,7 +54,11 @@ fn workload() -> Vec<Op> {
     let mut ops = Vec::new();
     for round in 0..3usize {
         for n in 1..=6u16 {
-            ops.push(Op::Put(o(n), EntryKind::Publish, v(round * 10 + n as usize)));
+            ops.push(Op::Put(
+                o(n),
+                EntryKind::Publish,
+                v(round * 10 + n as usize),
+            ));
         }
         ops.push(Op::Put(i(3), EntryKind::PubRec, v(99)));
         ops.push(Op::Put(o(2), EntryKind::PubRel, v(50 + round)));
@@ -105,7 +109,13 @@ async fn run_until_failure(n: u64) -> (FaultFs, Image, Image, bool) {
             let after = contents(&model).await;
             // Once failed, the store refuses everything rather than guess what is on disk.
             assert!(matches!(
-                store.put(Key::Outbound(NonZeroU16::MIN), EntryKind::Publish, Bytes::new()).await,
+                store
+                    .put(
+                        Key::Outbound(NonZeroU16::MIN),
+                        EntryKind::Publish,
+                        Bytes::new()
+                    )
+                    .await,
                 Err(Error::StoreFailed)
             ));
             assert!(matches!(store.list().await, Err(Error::StoreFailed)));
@@ -131,7 +141,11 @@ async fn every_crash_point_recovers_to_a_model_state() {
     for n in 0..=total {
         let (fs, before, after, failed) = run_until_failure(n).await;
         assert_eq!(failed, n < total, "n = {n}");
-        for kind in [CrashKind::SyncedOnly, CrashKind::Everything, CrashKind::Torn] {
+        for kind in [
+            CrashKind::SyncedOnly,
+            CrashKind::Everything,
+            CrashKind::Torn,
+        ] {
             let image = fs.crash_image(kind);
             let store = open_on(&image, small_logs())
                 .await
@@ -149,7 +163,11 @@ async fn every_crash_point_recovers_to_a_model_state() {
             );
             // And the recovered store keeps working.
             store
-                .put(Key::Inbound(NonZeroU16::MAX), EntryKind::PubRec, Bytes::from_static(b"x"))
+                .put(
+                    Key::Inbound(NonZeroU16::MAX),
+                    EntryKind::PubRec,
+                    Bytes::from_static(b"x"),
+                )
                 .await
                 .unwrap();
             store.close().await;

@@ -103,7 +103,11 @@ impl Writer {
             .max()
             .map_or(0, |n| n + 1);
 
-        match self.fs.read(META).map_err(io("reading the identity file"))? {
+        match self
+            .fs
+            .read(META)
+            .map_err(io("reading the identity file"))?
+        {
             Some(bytes) => {
                 let found = meta::decode(&bytes).map_err(|reason| Error::CorruptMeta {
                     path: self.fs.path_of(META),
@@ -142,7 +146,9 @@ impl Writer {
         let file = match self.fs.read(LOG).map_err(io("reading the log"))? {
             Some(v) => Bytes::from(v),
             None => {
-                self.fs.write_new(LOG, &[]).map_err(io("creating the log"))?;
+                self.fs
+                    .write_new(LOG, &[])
+                    .map_err(io("creating the log"))?;
                 self.sync(LOG)?;
                 self.sync_dir()?;
                 Bytes::new()
@@ -331,8 +337,7 @@ impl Writer {
             let index = self.shared.lock_index();
             index.live_bytes() + (index.len() * (HEADER_LEN + 13)) as u64
         };
-        if self.log_len >= self.options.compact_min_bytes && self.log_len > live.saturating_mul(4)
-        {
+        if self.log_len >= self.options.compact_min_bytes && self.log_len > live.saturating_mul(4) {
             self.compact()?;
         }
         Ok(())
