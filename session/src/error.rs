@@ -92,6 +92,12 @@ pub enum Error {
     /// complete this exchange.
     #[error("the session was closed")]
     SessionClosed,
+    /// The server refused the connection: CONNACK carried this failure reason code.
+    #[error("the server refused the connection (CONNACK reason {reason_code:#04x})")]
+    ConnectionRefused {
+        /// The CONNACK reason code.
+        reason_code: u8,
+    },
     /// The operation needs a connection, but none is up.
     #[error("not connected")]
     NotConnected,
@@ -130,7 +136,9 @@ impl Error {
     /// reason to put in a DISCONNECT after [`Error::Protocol`]).
     pub fn reason_code(&self) -> Option<u8> {
         match self {
-            Error::Protocol { reason_code, .. } => Some(*reason_code),
+            Error::Protocol { reason_code, .. } | Error::ConnectionRefused { reason_code } => {
+                Some(*reason_code)
+            }
             _ => None,
         }
     }

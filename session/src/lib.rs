@@ -59,7 +59,7 @@
 //!
 //! let clean_start = session.begin_connect(false, Instant::now());
 //! assert!(!clean_start);
-//! session.on_connack(&ConnAck::default(), Instant::now())?;
+//! session.on_connack(&ConnAck::default())?;
 //!
 //! let done = session.publish(Publish {
 //!     qos: QoS::AtLeastOnce,

@@ -93,7 +93,7 @@ impl<S: Store> Harness<S> {
             ..Default::default()
         };
         connack.properties.receive_maximum = receive_max;
-        self.session.on_connack(&connack, self.now).unwrap();
+        self.session.on_connack(&connack).unwrap();
         self.drive().await;
         clean
     }
@@ -848,10 +848,73 @@ async fn server_session_expiry_from_connack_wins() {
     assert!(!clean);
     let mut connack = ConnAck::default();
     connack.properties.session_expiry_interval = Some(10);
-    h.session.on_connack(&connack, h.now).unwrap();
+    h.session.on_connack(&connack).unwrap();
     let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
     h.drop_link().await;
     h.advance(Duration::from_secs(11));
     assert!(h.connect(false, None).await);
     assert!(matches!(done.await, Err(Error::SessionExpired)));
+}
+
+// ----- protocol checks -------------------------------------------------------------------
+
+#[tokio::test]
+async fn refused_connack_and_impossible_session_present_are_typed_errors() {
+    let mut h = memory_harness(HOUR);
+    h.session.begin_connect(false, h.now);
+    let connack = ConnAck {
+        reason_code: paho_packets::ConnectReasonCode::NotAuthorized,
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.session.on_connack(&connack),
+        Err(Error::ConnectionRefused { reason_code: 0x87 })
+    ));
+    assert!(!h.session.is_connected());
+    h.session.begin_connect(true, h.now);
+    let bogus = ConnAck {
+        session_present: true,
+        ..Default::default()
+    };
+    let e = h.session.on_connack(&bogus).unwrap_err();
+    assert_eq!(e.reason_code(), Some(0x82));
+}
+
+#[tokio::test]
+async fn failed_reconnect_attempts_do_not_restart_the_expiry_clock() {
+    let mut h = memory_harness(60);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
+    h.drop_link().await;
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(25));
+        assert!(!h.session.begin_connect(false, h.now), "not expired yet");
+        h.session.on_connection_lost(h.now); // the attempt failed before CONNACK
+    }
+    h.advance(Duration::from_secs(25));
+    // 75 s after the link dropped: expired, even though the last attempt was just now.
+    assert!(h.connect(false, None).await);
+    assert!(matches!(done.await, Err(Error::SessionExpired)));
+}
+
+#[tokio::test]
+async fn pubrel_before_our_pubrec_is_a_protocol_error_and_inbound_count_tracks() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    h.feed(incoming(QoS::AtLeastOnce, 1, "a")).await;
+    h.feed(incoming(QoS::ExactlyOnce, 2, "b")).await;
+    assert_eq!(h.session.inbound_in_flight(), 2);
+    let e = h.session.handle(PubRel::new(pid(2)).into()).unwrap_err();
+    assert_eq!(e.reason_code(), Some(0x82));
+    for d in h.delivered.clone() {
+        h.session.ack(d.ack_token().unwrap()).unwrap();
+    }
+    h.drive().await;
+    assert_eq!(
+        h.session.inbound_in_flight(),
+        1,
+        "QoS 2 counts until PUBREL"
+    );
+    h.feed(PubRel::new(pid(2))).await;
+    assert_eq!(h.session.inbound_in_flight(), 0);
 }

@@ -25,12 +25,17 @@ pub(super) struct AckQueue {
     /// Sequence number of `entries[0]`.
     base: u64,
     entries: VecDeque<(PacketId, QoS, bool)>,
+    /// QoS 1 entries not yet marked, kept so the count is O(1).
+    unacked_qos1: usize,
 }
 
 impl AckQueue {
     pub(super) fn push(&mut self, id: PacketId, qos: QoS) -> AckToken {
         let seq = self.base + self.entries.len() as u64;
         self.entries.push_back((id, qos, false));
+        if qos == QoS::AtLeastOnce {
+            self.unacked_qos1 += 1;
+        }
         AckToken {
             epoch: self.epoch,
             seq,
@@ -49,6 +54,9 @@ impl AckQueue {
                 .ok()
                 .and_then(|i| self.entries.get_mut(i))
             {
+                if !e.2 && e.1 == QoS::AtLeastOnce {
+                    self.unacked_qos1 -= 1;
+                }
                 e.2 = true;
             }
         }
@@ -66,9 +74,14 @@ impl AckQueue {
         }
     }
 
+    pub(super) fn unacked_qos1(&self) -> usize {
+        self.unacked_qos1
+    }
+
     pub(super) fn new_connection(&mut self) {
         self.epoch += 1;
         self.base += self.entries.len() as u64;
         self.entries.clear();
+        self.unacked_qos1 = 0;
     }
 }

@@ -81,10 +81,10 @@ enum Request {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
-    /// No connection; `since` is when the last one dropped (`None` before the first).
-    Down { since: Option<Instant> },
-    /// CONNECT sent, CONNACK awaited.
-    Connecting,
+    /// No connection.
+    Down,
+    /// CONNECT sent with this Clean Start flag, CONNACK awaited.
+    Connecting { clean_start: bool },
     /// CONNACK received.
     Up,
 }
@@ -101,6 +101,10 @@ enum Link {
 pub struct Session {
     expiry: u32,
     link: Link,
+    /// When the last established connection dropped; `None` while connected, before the first
+    /// connection, and after a restart (the server's Session Present decides then). Failed
+    /// connection attempts do not move it: expiry counts from the loss of the session's link.
+    lost_at: Option<Instant>,
     ids: PacketIds,
     outbound: HashMap<PacketId, Outbound>,
     /// Send order of `outbound`, for resending.
@@ -130,7 +134,8 @@ impl Session {
     pub fn new(config: SessionConfig) -> Self {
         Session {
             expiry: config.session_expiry_interval,
-            link: Link::Down { since: None },
+            link: Link::Down,
+            lost_at: None,
             ids: PacketIds::new(),
             outbound: HashMap::new(),
             order: BTreeMap::new(),
@@ -241,8 +246,12 @@ impl Session {
     /// the link dropped), in which case local state is cleared first (store reset queued,
     /// waiting handles failed with [`Error::SessionExpired`]).
     pub fn begin_connect(&mut self, clean_start: bool, now: Instant) -> bool {
+        if self.link == Link::Up {
+            // The driver did not report the old connection's end; it has ended now.
+            self.on_connection_lost(now);
+        }
         let mut clean = clean_start;
-        if let Link::Down { since: Some(lost) } = self.link {
+        if let Some(lost) = self.lost_at {
             let expired = self.expiry != u32::MAX
                 && now.saturating_duration_since(lost) >= Duration::from_secs(self.expiry.into());
             if expired {
@@ -251,7 +260,7 @@ impl Session {
                 clean = true;
             }
         }
-        self.link = Link::Connecting;
+        self.link = Link::Connecting { clean_start: clean };
         clean
     }
 
@@ -264,17 +273,23 @@ impl Session {
     /// reset and every waiting handle fails with [`Error::SessionLost`]. Publishes that were
     /// waiting for quota and never sent are kept and sent now.
     ///
-    /// A CONNACK with a failure reason code leaves the session offline and returns
-    /// [`Error::Protocol`] carrying that code.
-    pub fn on_connack(&mut self, connack: &ConnAck, now: Instant) -> Result<(), Error> {
+    /// A CONNACK with a failure reason code leaves the session offline, untouched, and returns
+    /// [`Error::ConnectionRefused`] with that code. Session Present = 1 in answer to Clean
+    /// Start = 1 is a protocol violation ([`Error::Protocol`], 0x82) and also leaves the session
+    /// offline.
+    pub fn on_connack(&mut self, connack: &ConnAck) -> Result<(), Error> {
         if connack.reason_code.is_error() {
-            self.on_connection_lost(now);
-            return Err(Error::Protocol {
+            self.link = Link::Down;
+            return Err(Error::ConnectionRefused {
                 reason_code: connack.reason_code.as_u8(),
-                what: "the server refused the connection",
             });
         }
+        if self.link == (Link::Connecting { clean_start: true }) && connack.session_present {
+            self.link = Link::Down;
+            return Err(protocol("Session Present = 1 in answer to Clean Start = 1"));
+        }
         self.link = Link::Up;
+        self.lost_at = None;
         self.receive_max = connack
             .properties
             .receive_maximum
@@ -330,10 +345,17 @@ impl Session {
     /// tokens of this connection become stale. With a Session Expiry Interval of 0 the session
     /// is cleared at once ([`Error::SessionExpired`]).
     pub fn on_connection_lost(&mut self, now: Instant) {
-        if matches!(self.link, Link::Down { .. }) {
-            return;
+        match self.link {
+            Link::Down => return,
+            Link::Connecting { .. } => {
+                // No CONNACK: nothing was sent on this connection, nothing to undo.
+                self.link = Link::Down;
+                return;
+            }
+            Link::Up => {}
         }
-        self.link = Link::Down { since: Some(now) };
+        self.link = Link::Down;
+        self.lost_at = Some(now);
         self.in_flight = 0;
         self.resend.clear();
         for out in self.outbound.values_mut() {
@@ -553,10 +575,7 @@ impl Session {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => self.on_puback(a),
             Packet::PubRec(r) => self.on_pubrec(r),
-            Packet::PubRel(r) => {
-                self.on_pubrel(r);
-                Ok(())
-            }
+            Packet::PubRel(r) => self.on_pubrel(r),
             Packet::PubComp(c) => self.on_pubcomp(c),
             Packet::SubAck(a) => match self.requests.remove(&a.packet_id) {
                 Some(Request::Subscribe(c)) => {
@@ -728,9 +747,13 @@ impl Session {
         Ok(())
     }
 
-    fn on_pubrel(&mut self, rel: PubRel) {
+    fn on_pubrel(&mut self, rel: PubRel) -> Result<(), Error> {
         let id = rel.packet_id;
         let mut comp = PubComp::new(id);
+        if self.inbound.get(&id) == Some(&inbound::State::Awaiting) {
+            // Our PUBREC has not been sent (the application has not acked yet).
+            return Err(protocol("PUBREL before PUBREC"));
+        }
         if self.inbound.remove(&id).is_some() {
             // Deleted before PUBCOMP goes out: once the server sees PUBCOMP it may reuse the
             // id, and a stale marker would then swallow a new message.
@@ -740,6 +763,7 @@ impl Session {
             comp.reason_code = PubCompReasonCode::PacketIdentifierNotFound;
         }
         self.actions.push_back(Action::Send(Packet::PubComp(comp)));
+        Ok(())
     }
 
     /// Acknowledges a delivered QoS 1/2 message. PUBACK/PUBREC go out in the order the
@@ -828,6 +852,13 @@ impl Session {
     /// Incoming QoS 2 exchanges awaiting PUBREL.
     pub fn inbound_pending(&self) -> usize {
         self.inbound.len()
+    }
+
+    /// Incoming QoS 1/2 exchanges the server counts against the Receive Maximum this client
+    /// advertised: QoS 1 messages not yet acked plus QoS 2 messages awaiting PUBREL. A driver
+    /// compares it with its Receive Maximum to detect a server that overshoots it.
+    pub fn inbound_in_flight(&self) -> usize {
+        self.acks.unacked_qos1() + self.inbound.len()
     }
 
     /// Packet ids in use.
