@@ -255,6 +255,10 @@ impl Future for Pending {
 ///   of the session loads.
 /// * Concurrent operations share fsyncs; file I/O runs on a dedicated thread.
 ///
+/// Reads ([`Store::get`], [`Store::list`]) come from the in-memory index, which the writer
+/// updates as it takes a batch, so a read may see a write whose future has not resolved yet (and
+/// would not survive a crash yet). The engine only lists at start-up, before any write.
+///
 /// Clones are handles to the same open store. At most one store per directory can be open in
 /// a process ([`Error::AlreadyOpen`]); opening from two processes at once is not detected and
 /// must be avoided by the application.

@@ -220,14 +220,23 @@ impl Writer {
     /// Serves requests until every handle is dropped.
     pub(super) fn run(mut self, rx: Receiver<Request>) {
         while let Ok(first) = rx.recv() {
+            let mut bytes = value_len(&first);
             let mut batch = vec![first];
-            while batch.len() < self.options.max_batch {
+            // Bounded by count and by bytes, so a burst of large publishes does not make one
+            // huge write buffer.
+            while batch.len() < self.options.max_batch && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => {
+                        bytes += value_len(&r);
+                        batch.push(r);
+                    }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
             self.process(batch);
+            if self.buf.capacity() > MAX_BATCH_BYTES {
+                self.buf = Vec::new();
+            }
         }
     }
 
@@ -372,6 +381,16 @@ impl Writer {
         self.shared.compactions.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(bytes = out.len(), "session store: log compacted");
         Ok(())
+    }
+}
+
+/// Past this many bytes of values a batch is committed without waiting for more requests.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+fn value_len(r: &Request) -> usize {
+    match r {
+        Request::Put { value, .. } => value.len(),
+        _ => 0,
     }
 }
 
