@@ -29,7 +29,12 @@ enum Op {
     Publish(bool),
     Answer(usize),
     Drop,
-    Reconnect { present: bool, receive_max: u16 },
+    Reconnect {
+        present: bool,
+        receive_max: u16,
+    },
+    /// The process dies and a new one restores the session from the (durable) store.
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -38,6 +43,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => any::<usize>().prop_map(Op::Answer),
         1 => Just(Op::Drop),
         1 => (any::<bool>(), 1u16..5).prop_map(|(present, receive_max)| Op::Reconnect { present, receive_max }),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -62,6 +68,10 @@ struct World {
     now: Instant,
     handles: Vec<(Bytes, QoS, PublishCompletion)>,
     next: u32,
+    /// Payloads that were in the store when a process died: they must still arrive...
+    stored_at_restart: HashSet<Bytes>,
+    /// ...unless the server later dropped the session (Session Present = 0).
+    lost: HashSet<Bytes>,
 }
 
 impl World {
@@ -115,6 +125,17 @@ impl World {
         }
     }
 
+    fn stored_payloads(&self) -> Vec<Bytes> {
+        now_ready(self.store.list())
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match Packet::decode_exact(e.value().clone()) {
+                Ok(Packet::Publish(p)) => Some(p.payload),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn answer(&mut self, k: usize) {
         if !self.broker.connected || self.broker.owed.is_empty() {
             return;
@@ -148,6 +169,8 @@ impl World {
         self.session.begin_connect(false, self.now);
         if !present {
             self.broker.qos2.clear();
+            let gone = self.stored_payloads();
+            self.lost.extend(gone);
         }
         self.broker.connected = true;
         self.broker.receive_max = receive_max.into();
@@ -169,6 +192,8 @@ fn run(ops: Vec<Op>) {
         now: Instant::now(),
         handles: Vec::new(),
         next: 0,
+        stored_at_restart: HashSet::new(),
+        lost: HashSet::new(),
     };
     w.connect(false, 3);
     for op in ops {
@@ -197,6 +222,19 @@ fn run(ops: Vec<Op>) {
                 present,
                 receive_max,
             } => w.connect(present, receive_max),
+            Op::Restart => {
+                w.drop_link();
+                w.stored_at_restart.extend(w.stored_payloads());
+                let old = std::mem::replace(
+                    &mut w.session,
+                    Session::restore(
+                        SessionConfig::new().session_expiry_interval(u32::MAX),
+                        now_ready(w.store.list()).unwrap(),
+                    ),
+                );
+                drop(old); // the dead process's handles resolve with SessionClosed
+                w.drive();
+            }
         }
     }
     // Settle: a final connection that keeps the session and answers everything.
@@ -221,7 +259,16 @@ fn run(ops: Vec<Op>) {
                 assert!(times >= 1, "acknowledged but never received: {payload:?}");
             }
             Err(Error::SessionLost) => {}
+            // A publish whose process died: if it was stored it must still have arrived
+            // (checked below); if it was only queued it was never accepted.
+            Err(Error::SessionClosed) => {}
             Err(e) => panic!("unexpected {e}"),
+        }
+        if w.stored_at_restart.contains(&payload) && !w.lost.contains(&payload) {
+            assert!(
+                times >= 1,
+                "stored before a restart but never received: {payload:?}"
+            );
         }
         if qos == QoS::ExactlyOnce {
             assert!(

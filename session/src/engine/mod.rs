@@ -334,6 +334,14 @@ impl Session {
                 }
             }
         }
+        tracing::debug!(
+            session_present = connack.session_present,
+            receive_maximum = self.receive_max,
+            unfinished = self.outbound.len(),
+            resent = self.in_flight,
+            held_back = self.resend.len(),
+            "session: connected"
+        );
         self.pump();
         Ok(())
     }
@@ -356,6 +364,12 @@ impl Session {
         }
         self.link = Link::Down;
         self.lost_at = Some(now);
+        tracing::debug!(
+            unfinished = self.outbound.len(),
+            waiting = self.waiting.len(),
+            expiry_interval = self.expiry,
+            "session: connection lost"
+        );
         self.in_flight = 0;
         self.resend.clear();
         for out in self.outbound.values_mut() {
@@ -380,6 +394,14 @@ impl Session {
     /// Drops all session state (store reset queued if there was any) and fails waiting handles.
     fn clear(&mut self, error: impl Fn() -> Error) {
         let had_state = !self.outbound.is_empty() || !self.inbound.is_empty();
+        if had_state {
+            tracing::info!(
+                unfinished = self.outbound.len(),
+                inbound = self.inbound.len(),
+                reason = %error(),
+                "session: state cleared"
+            );
+        }
         for (id, out) in self.outbound.drain() {
             self.ids.free(id);
             if let Some(c) = out.completer {
@@ -628,6 +650,11 @@ impl Session {
             }
             self.actions
                 .push_back(Action::Store(StoreOp::Delete(Key::Outbound(id))));
+            tracing::trace!(
+                id = id.get(),
+                reason_code = outcome.reason_code(),
+                "session: publish finished"
+            );
             if let Some(c) = out.completer {
                 c.complete(Ok(outcome));
             }
