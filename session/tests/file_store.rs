@@ -250,3 +250,35 @@ async fn options_are_validated() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+/// A minimal executor: park the thread until woken. No tokio anywhere.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn works_without_tokio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = block_on(FileStore::open(tmp.path(), ident())).unwrap();
+    block_on(s.put(out(1), EntryKind::Publish, Bytes::from_static(b"v"))).unwrap();
+    block_on(s.close());
+    let s = block_on(FileStore::open(tmp.path(), ident())).unwrap();
+    assert_eq!(block_on(s.list()).unwrap().len(), 1);
+    block_on(s.close());
+}
