@@ -187,6 +187,15 @@ pub enum Report {
         /// How many bytes were quarantined.
         len: u64,
     },
+    /// On open, entries that should have been in the queue (sequence numbers `first..=last`,
+    /// not yet consumed) were not found whole: the file holding them was truncated or garbled.
+    /// Whatever bytes remained of them were quarantined.
+    Missing {
+        /// The first missing sequence number.
+        first: u64,
+        /// The last missing sequence number.
+        last: u64,
+    },
 }
 
 /// A snapshot of a queue's counters. Counters start at zero when the queue is created or

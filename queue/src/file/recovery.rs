@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use super::format::{decode_file_header, encode_file_header, Kind, FILE_HEADER_LEN, SEGMENT_MAGIC};
 use super::scan::{scan, Item};
 use super::worker::{parse_segment_name, Segment, Slot, Worker};
-use crate::entry::QuarantineReason;
+use crate::entry::{QuarantineReason, Report};
 use crate::error::{Error, Result};
 
 impl Worker {
@@ -57,8 +57,18 @@ impl Worker {
         let count = found.len();
         let mut head = 0u64;
         let mut last_seq = 0u64;
+        // Sequence numbers are dense: a segment starts at the number after the last entry
+        // appended before it, and entries follow one by one. A jump means entries were lost to
+        // damage; remember the ranges and report those not yet consumed once the head is known.
+        let mut expected: Option<u64> = None;
+        let mut gaps: Vec<(u64, u64)> = Vec::new();
         for (i, (base, path)) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
+            match expected {
+                Some(e) if base > e => gaps.push((e, base - 1)),
+                _ => {}
+            }
+            expected = Some(expected.map_or(base, |e| e.max(base)));
             let data = fs::read(&path).map_err(Error::io("reading a segment"))?;
             let mut len = data.len() as u64;
             if decode_file_header(&data, SEGMENT_MAGIC) != Some(base) {
@@ -105,6 +115,10 @@ impl Worker {
                             }
                             Kind::Entry if header.seq > last_seq && header.seq >= base => {
                                 last_seq = header.seq;
+                                if let Some(e) = expected.filter(|e| header.seq > *e) {
+                                    gaps.push((e, header.seq - 1));
+                                }
+                                expected = Some(header.seq + 1);
                                 self.index.push_back(Slot {
                                     seq: header.seq,
                                     segment: base,
@@ -158,6 +172,13 @@ impl Worker {
         // Segments are deleted only once consumed, so everything before the oldest one was.
         if let Some(first) = self.segments.front() {
             head = head.max(first.base);
+        }
+        for (first, last) in gaps {
+            if last >= head {
+                let first = first.max(head);
+                tracing::warn!(first, last, "paho-queue: entries missing after damage");
+                self.pending.reports.push(Report::Missing { first, last });
+            }
         }
         while self.index.front().is_some_and(|s| s.seq < head) {
             if let Some(s) = self.index.pop_front() {
