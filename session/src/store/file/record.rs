@@ -167,15 +167,36 @@ pub(super) struct Replay {
     pub(super) torn_from: Option<usize>,
     /// How many records were applied.
     pub(super) records: usize,
+    /// Bytes checksummed while resynchronising (bounded; see [`replay`]).
+    pub(super) scanned: usize,
+}
+
+/// The body length a header at `pos` claims, if the header is intact enough to be believed
+/// (magic matches, length plausible and within the file).
+fn claimed_len(file: &[u8], pos: usize) -> Option<usize> {
+    if u32_at(file, pos)? != MAGIC {
+        return None;
+    }
+    let len = u32_at(file, pos + 4)? as usize;
+    (len <= MAX_BODY && len <= file.len().saturating_sub(pos + HEADER_LEN)).then_some(len)
 }
 
 /// Replays a whole log file.
 ///
-/// An invalid record is either a torn tail (no valid record follows it: the last append of a
-/// crashed process) or corruption in the middle (valid records follow). For the latter the
-/// scanner resynchronises on the next offset that holds a whole record with a valid checksum.
+/// An invalid record is one of:
+/// - a *torn tail*: no valid record follows and the bytes do not even hold the whole record
+///   their header claims (the last append of a crashed process, never acknowledged);
+/// - *corruption*: valid records follow, or the whole claimed record is there but fails its
+///   checksum. The scanner resynchronises on the next offset that holds a whole record with a
+///   valid checksum, and the stretch in between is reported.
+///
+/// Resynchronising checks candidate offsets, which costs a checksum of each candidate's
+/// claimed length. That work is capped (at 8 times the file size plus 1 MiB), so a file crafted
+/// with many fake headers cannot make opening quadratic: past the cap the rest of the file is
+/// reported as one corrupt stretch.
 pub(super) fn replay(file: &Bytes) -> Replay {
     let mut out = Replay::default();
+    let mut budget = file.len().saturating_mul(8).saturating_add(1 << 20);
     let mut pos = 0;
     while pos < file.len() {
         if let Some((record, next)) = parse_at(file, pos) {
@@ -184,10 +205,32 @@ pub(super) fn replay(file: &Bytes) -> Replay {
             pos = next;
             continue;
         }
-        match (pos + 1..file.len()).find(|&p| parse_at(file, p).is_some()) {
+        let mut resync = None;
+        let mut exhausted = false;
+        for p in pos + 1..file.len() {
+            let Some(len) = claimed_len(file, p) else {
+                continue;
+            };
+            if len > budget {
+                exhausted = true;
+                break;
+            }
+            budget -= len;
+            out.scanned += len;
+            if parse_at(file, p).is_some() {
+                resync = Some(p);
+                break;
+            }
+        }
+        match resync {
             Some(p) => {
                 out.corrupt.push(pos..p);
                 pos = p;
+            }
+            None if claimed_len(file, pos).is_some() || exhausted => {
+                // The record is all there and still wrong: damage, not a torn append.
+                out.corrupt.push(pos..file.len());
+                break;
             }
             None => {
                 out.torn_from = Some(pos);
@@ -303,6 +346,43 @@ mod tests {
                 assert_eq!(r.corrupt, vec![0..first_len]);
             }
         }
+    }
+
+    #[test]
+    fn a_damaged_last_record_is_reported_not_silently_dropped() {
+        let recs = vec![
+            Record::Reset,
+            Record::Put {
+                seq: 1,
+                key: Key::Outbound(id(1)),
+                kind: EntryKind::Publish,
+                value: Bytes::from_static(b"acknowledged"),
+            },
+        ];
+        let mut b = log(&recs);
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        let r = replay(&Bytes::from(b));
+        assert_eq!(r.torn_from, None);
+        assert_eq!(r.corrupt, vec![log(&recs[..1]).len()..log(&recs).len()]);
+    }
+
+    #[test]
+    fn fake_headers_cannot_make_replay_quadratic() {
+        // A file of back-to-back headers that each claim (almost) the rest of the file and
+        // fail their checksum: unbounded, resynchronising would hash O(n^2) bytes.
+        let n = 64 * 1024;
+        let mut b = Vec::with_capacity(n);
+        while b.len() + HEADER_LEN <= n {
+            let remaining = (n - b.len() - HEADER_LEN) as u32;
+            b.extend_from_slice(&MAGIC.to_le_bytes());
+            b.extend_from_slice(&remaining.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let r = replay(&Bytes::from(b));
+        assert!(r.scanned <= 8 * n + (1 << 20), "{}", r.scanned);
+        assert_eq!(r.index.len(), 0);
+        assert!(r.torn_from.is_some() || !r.corrupt.is_empty());
     }
 
     #[test]
