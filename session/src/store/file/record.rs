@@ -385,6 +385,65 @@ mod tests {
         assert!(r.torn_from.is_some() || !r.corrupt.is_empty());
     }
 
+    fn arb_record() -> impl proptest::strategy::Strategy<Value = Record> {
+        use proptest::prelude::*;
+        let key = (any::<bool>(), 1u16..6).prop_map(|(inb, n)| {
+            if inb {
+                Key::Inbound(id(n))
+            } else {
+                Key::Outbound(id(n))
+            }
+        });
+        prop_oneof![
+            6 => (key.clone(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(key, seq, v)| Record::Put {
+                    seq: seq.into(),
+                    key,
+                    kind: if matches!(key, Key::Inbound(_)) { EntryKind::PubRec } else { EntryKind::Publish },
+                    value: Bytes::from(v),
+                }),
+            2 => key.prop_map(|key| Record::Delete { key }),
+            1 => proptest::strategy::Just(Record::Reset),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever happens to the bytes, replay never panics and never returns a value that
+        /// was not written under that key.
+        #[test]
+        fn damaged_logs_never_panic_or_invent_entries(
+            records in proptest::collection::vec(arb_record(), 0..30),
+            damage in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let mut b = log(&records);
+            for (at, x) in damage {
+                if !b.is_empty() {
+                    let i = at % b.len();
+                    b[i] ^= x;
+                }
+            }
+            if !b.is_empty() {
+                b.truncate(cut % (b.len() + 1));
+            }
+            let written: Vec<(Key, Bytes)> = records
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Put { key, value, .. } => Some((*key, value.clone())),
+                    _ => None,
+                })
+                .collect();
+            let r = replay(&Bytes::from(b));
+            for e in r.index.list() {
+                proptest::prop_assert!(
+                    written.contains(&(e.key(), e.value().clone())),
+                    "invented {:?}",
+                    e
+                );
+            }
+        }
+    }
+
     #[test]
     fn huge_length_claim_is_rejected_without_allocating() {
         let mut b = log(&[Record::Reset]);
