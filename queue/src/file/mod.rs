@@ -44,6 +44,9 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     pub(crate) segment_bytes: u64,
     pub(crate) sync_removals: bool,
+    /// Unit tests only: make the fsync after this many successful ones fail.
+    #[cfg(test)]
+    pub(crate) fail_fsync_after: Option<u64>,
 }
 
 /// Requests from async callers to the I/O thread.
@@ -224,6 +227,8 @@ impl FileQueue {
                 limits: Limits::unbounded(),
                 segment_bytes: DEFAULT_SEGMENT_BYTES,
                 sync_removals: true,
+                #[cfg(test)]
+                fail_fsync_after: None,
             },
         }
     }
@@ -493,5 +498,68 @@ impl QuarantinedRecord {
     /// Whether the quarantine record itself is undamaged (its checksum matches).
     pub fn intact(&self) -> bool {
         self.intact
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// A failed fsync must never be reported as a durable enqueue, and must stop the queue
+    /// (after a failed fsync the kernel may have dropped the dirty pages).
+    #[test]
+    fn failed_fsync_fails_the_enqueue_and_the_queue() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut b = FileQueue::builder(tmp.path());
+            // Opening an empty directory: segment + directory fsync. Then three enqueues.
+            b.cfg.fail_fsync_after = Some(2 + 3);
+            let q = b.open().await.unwrap();
+            for i in 0..3u8 {
+                q.enqueue(Bytes::from(vec![i]), UNIX_EPOCH).await.unwrap();
+            }
+            let err = q.enqueue(Bytes::from_static(b"x"), UNIX_EPOCH).await;
+            assert!(matches!(err, Err(Error::Io { .. })), "{err:?}");
+            let err = q.enqueue(Bytes::from_static(b"y"), UNIX_EPOCH).await;
+            assert!(matches!(err, Err(Error::Failed(_))), "{err:?}");
+            assert!(matches!(q.peek(), Err(Error::Failed(_))));
+            assert!(matches!(q.wait_non_empty().await, Err(Error::Failed(_))));
+            assert!(matches!(q.close().await, Err(Error::Failed(_))));
+
+            // Reopening recovers every acknowledged entry from disk.
+            let q = FileQueue::builder(tmp.path()).open().await.unwrap();
+            for i in 0..3u8 {
+                let e = q.peek().unwrap().unwrap();
+                assert_eq!(&e.payload()[..], &[i]);
+                q.finish(e, Finish::Remove).await.unwrap();
+            }
+        });
+    }
+
+    /// Same for a removal: the consumer must not be told it is durable.
+    #[test]
+    fn failed_fsync_fails_the_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut b = FileQueue::builder(tmp.path());
+            b.cfg.fail_fsync_after = Some(2 + 1);
+            let q = b.open().await.unwrap();
+            q.enqueue(Bytes::from_static(b"a"), UNIX_EPOCH)
+                .await
+                .unwrap();
+            let e = q.peek().unwrap().unwrap();
+            let err = q.finish(e, Finish::Remove).await;
+            assert!(matches!(err, Err(Error::Io { .. })), "{err:?}");
+            drop(q);
+            let q = FileQueue::builder(tmp.path()).open().await.unwrap();
+            assert!(q.len() <= 1);
+        });
     }
 }

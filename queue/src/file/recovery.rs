@@ -161,9 +161,8 @@ impl Worker {
                     .open(&path)
                     .map_err(Error::io("opening a segment to truncate"))?;
                 f.set_len(at).map_err(Error::io("truncating a torn tail"))?;
-                self.pending.fsyncs += 1;
-                f.sync_all()
-                    .map_err(Error::io("syncing a truncated segment"))?;
+                self.fsync
+                    .all(&f, &mut self.pending, "syncing a truncated segment")?;
                 len = at;
             }
             self.segments.push_back(Segment { base, path, len });
@@ -210,8 +209,7 @@ impl Worker {
             .map_err(Error::io("opening a segment to repair its header"))?;
         f.write_all(&encode_file_header(SEGMENT_MAGIC, base))
             .map_err(Error::io("repairing a segment header"))?;
-        self.pending.fsyncs += 1;
-        f.sync_all()
-            .map_err(Error::io("syncing a repaired segment header"))
+        self.fsync
+            .all(&f, &mut self.pending, "syncing a repaired segment header")
     }
 }

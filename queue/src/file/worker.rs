@@ -104,6 +104,9 @@ pub(crate) struct Worker {
     pub(crate) head: Option<Entry>,
     pub(crate) failed: Option<String>,
     pub(crate) pending: Pending,
+    pub(crate) fsync: FsyncGate,
+    /// The error that failed the current batch, for the callers in that batch.
+    batch_error: Option<(&'static str, std::io::ErrorKind, String)>,
 }
 
 pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -119,15 +122,49 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn sync_file(f: &File, pending: &mut Pending, op: &'static str) -> Result<()> {
-    pending.fsyncs += 1;
-    f.sync_data().map_err(Error::io(op))
+/// Every fsync goes through here, so that it is counted and, in unit tests, can be made to
+/// fail (to test that a failed fsync is never reported as durable).
+#[derive(Debug, Default)]
+pub(crate) struct FsyncGate {
+    /// Successful fsyncs left before an injected failure.
+    #[cfg(test)]
+    pub(crate) fail_after: Option<u64>,
+}
+
+impl FsyncGate {
+    fn check(&mut self, op: &'static str) -> Result<()> {
+        #[cfg(test)]
+        if let Some(n) = &mut self.fail_after {
+            if *n == 0 {
+                return Err(Error::Io {
+                    op,
+                    source: std::io::Error::other("injected fsync failure"),
+                });
+            }
+            *n -= 1;
+        }
+        let _ = op;
+        Ok(())
+    }
+
+    /// `fdatasync`: file data plus the metadata needed to read it back (e.g. its size).
+    pub(crate) fn data(&mut self, f: &File, p: &mut Pending, op: &'static str) -> Result<()> {
+        self.check(op)?;
+        p.fsyncs += 1;
+        f.sync_data().map_err(Error::io(op))
+    }
+
+    /// `fsync`: data and all metadata; used for directories and truncation.
+    pub(crate) fn all(&mut self, f: &File, p: &mut Pending, op: &'static str) -> Result<()> {
+        self.check(op)?;
+        p.fsyncs += 1;
+        f.sync_all().map_err(Error::io(op))
+    }
 }
 
 impl Worker {
     pub(crate) fn new(cfg: Config, shared: Arc<Mutex<Shared>>) -> Self {
         Worker {
-            cfg,
             shared,
             segments: VecDeque::new(),
             active: None,
@@ -141,6 +178,12 @@ impl Worker {
             head: None,
             failed: None,
             pending: Pending::default(),
+            batch_error: None,
+            fsync: FsyncGate {
+                #[cfg(test)]
+                fail_after: cfg.fail_fsync_after,
+            },
+            cfg,
         }
     }
 
@@ -168,6 +211,7 @@ impl Worker {
 
     /// Processes one batch; returns true if the queue is closing.
     fn process(&mut self, batch: Vec<Command>) -> bool {
+        self.batch_error = None;
         let mut answers = Vec::with_capacity(batch.len());
         let mut need_sync = false;
         let mut head_moved = false;
@@ -254,6 +298,14 @@ impl Worker {
         if self.failed.is_none() {
             tracing::error!(error = %e, "paho-queue: I/O failed; the queue must be reopened");
             self.failed = Some(e.to_string());
+            self.batch_error = Some(match e {
+                Error::Io { op, source } => (*op, source.kind(), source.to_string()),
+                other => (
+                    "processing a batch",
+                    std::io::ErrorKind::Other,
+                    other.to_string(),
+                ),
+            });
         }
     }
 
@@ -368,7 +420,8 @@ impl Worker {
         self.flush_buf()?;
         if sync && self.unsynced {
             if let Some(file) = &self.active {
-                sync_file(file, &mut self.pending, "syncing a segment")?;
+                self.fsync
+                    .data(file, &mut self.pending, "syncing a segment")?;
             }
             self.unsynced = false;
         }
@@ -393,7 +446,8 @@ impl Worker {
             .map_err(Error::io("creating a segment"))?;
         file.write_all(&encode_file_header(SEGMENT_MAGIC, base))
             .map_err(Error::io("writing a segment header"))?;
-        sync_file(&file, &mut self.pending, "syncing a new segment")?;
+        self.fsync
+            .data(&file, &mut self.pending, "syncing a new segment")?;
         self.sync_dir()?;
         self.segments.push_back(Segment {
             base,
@@ -407,9 +461,8 @@ impl Worker {
     /// fsyncs the directory, so created, truncated or removed files survive a crash.
     pub(crate) fn sync_dir(&mut self) -> Result<()> {
         let dir = File::open(&self.cfg.dir).map_err(Error::io("opening the queue directory"))?;
-        self.pending.fsyncs += 1;
-        dir.sync_all()
-            .map_err(Error::io("syncing the queue directory"))
+        self.fsync
+            .all(&dir, &mut self.pending, "syncing the queue directory")
     }
 
     /// Deletes segments whose entries have all been consumed. The newest segment is never
@@ -577,7 +630,8 @@ impl Worker {
         if let Some(f) = &mut self.quarantine {
             f.write_all(&rec)
                 .map_err(Error::io("writing the quarantine file"))?;
-            sync_file(f, &mut self.pending, "syncing the quarantine file")?;
+            self.fsync
+                .data(f, &mut self.pending, "syncing the quarantine file")?;
         }
         self.pending.quarantined += 1;
         self.pending.reports.push(Report::Quarantined {
@@ -642,11 +696,18 @@ impl Worker {
         }
     }
 
-    /// An operation that succeeded in memory but whose batch failed to commit has failed.
+    /// An operation that succeeded in memory but whose batch failed to commit has failed: its
+    /// caller gets the I/O error that failed the batch.
     fn final_result<T>(&self, result: Result<T>) -> Result<T> {
         match (&self.failed, result) {
             (_, Err(e)) => Err(e),
-            (Some(msg), Ok(_)) => Err(Error::Failed(msg.clone())),
+            (Some(msg), Ok(_)) => Err(match &self.batch_error {
+                Some((op, kind, text)) => Error::Io {
+                    op,
+                    source: std::io::Error::new(*kind, text.clone()),
+                },
+                None => Error::Failed(msg.clone()),
+            }),
             (None, Ok(v)) => Ok(v),
         }
     }
