@@ -262,3 +262,34 @@ pub(crate) fn from_millis(ms: u64) -> SystemTime {
         .checked_add(Duration::from_millis(ms))
         .unwrap_or(UNIX_EPOCH)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_buffer_is_bounded_and_keeps_the_newest() {
+        let mut r = Reports::default();
+        let mut discarded = 0;
+        for seq in 0..(REPORT_CAPACITY as u64 + 10) {
+            if r.push(Report::Dropped(Dropped::new(seq, 0, 1))) {
+                discarded += 1;
+            }
+        }
+        assert_eq!(discarded, 10);
+        let all = r.take();
+        assert_eq!(all.len(), REPORT_CAPACITY);
+        assert_eq!(all[0], Report::Dropped(Dropped::new(10, 0, 1)));
+        assert!(r.take().is_empty());
+    }
+
+    #[test]
+    fn times_round_trip_at_millisecond_precision() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_234_567);
+        assert_eq!(
+            from_millis(to_millis(t)),
+            UNIX_EPOCH + Duration::from_millis(1_234)
+        );
+        assert_eq!(to_millis(UNIX_EPOCH - Duration::from_secs(1)), 0);
+    }
+}
