@@ -477,3 +477,34 @@ async fn segment_cut_at_a_record_boundary_reports_missing_entries() {
     assert_eq!(survivors[1], last + 1, "everything after the gap survives");
     assert_eq!(survivors.len() as u64, 10 - (last - first + 1));
 }
+
+/// Polls a future once with a no-op waker, then drops it.
+fn poll_once_and_drop<F: std::future::Future>(f: F) {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = f.as_mut().poll(&mut cx);
+}
+
+#[tokio::test]
+async fn dropped_enqueue_after_first_poll_still_enqueues() {
+    // Documented cancel behaviour: once handed to the I/O thread, the entry is not withdrawn.
+    let tmp = tempfile::tempdir().unwrap();
+    let q = open(tmp.path()).await;
+    poll_once_and_drop(q.enqueue(payload(1), at(1)));
+    q.wait_non_empty().await.unwrap();
+    assert_eq!(q.peek().unwrap().unwrap().payload(), &payload(1));
+}
+
+#[tokio::test]
+async fn dropped_finish_after_first_poll_still_removes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let q = open(dir).await;
+    fill(&q, 0..2).await;
+    let e = q.peek().unwrap().unwrap();
+    poll_once_and_drop(q.finish(e, Finish::Remove));
+    q.close().await.unwrap(); // processed after the removal: the channel is FIFO
+    let q = open(dir).await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q.peek().unwrap().unwrap().payload(), &payload(1));
+}
