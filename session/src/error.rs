@@ -115,6 +115,25 @@ pub enum Error {
         /// What happened.
         what: &'static str,
     },
+    /// The packet is larger than the server's Maximum Packet Size. A stored message found too
+    /// large on resend (the server lowered its limit) is discarded, as MQTT v5 §3.1.2.24
+    /// requires, and its handle gets this error.
+    #[error("packet of {size} bytes exceeds the server's Maximum Packet Size of {max}")]
+    PacketTooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The server's limit.
+        max: u32,
+    },
+    /// The server said in CONNACK that it does not support this (a QoS above its Maximum QoS:
+    /// reason 0x9B; retain when Retain Available is 0: reason 0x9A).
+    #[error("not supported by the server ({reason_code:#04x}): {what}")]
+    NotSupported {
+        /// The matching reason code.
+        reason_code: u8,
+        /// What was refused.
+        what: &'static str,
+    },
     /// The packet is not valid for this operation (for example a QoS 0 message passed where a
     /// QoS 1/2 one is required, or a PUBLISH with a topic alias but no topic name).
     #[error("invalid packet: {0}")]
@@ -136,9 +155,10 @@ impl Error {
     /// reason to put in a DISCONNECT after [`Error::Protocol`]).
     pub fn reason_code(&self) -> Option<u8> {
         match self {
-            Error::Protocol { reason_code, .. } | Error::ConnectionRefused { reason_code } => {
-                Some(*reason_code)
-            }
+            Error::Protocol { reason_code, .. }
+            | Error::ConnectionRefused { reason_code }
+            | Error::NotSupported { reason_code, .. } => Some(*reason_code),
+            Error::PacketTooLarge { .. } => Some(0x95),
             _ => None,
         }
     }

@@ -918,3 +918,72 @@ async fn pubrel_before_our_pubrec_is_a_protocol_error_and_inbound_count_tracks()
     h.feed(PubRel::new(pid(2))).await;
     assert_eq!(h.session.inbound_in_flight(), 0);
 }
+
+// ----- server limits ---------------------------------------------------------------------
+
+async fn connect_with(h: &mut Harness<MemoryStore>, present: bool, f: impl FnOnce(&mut ConnAck)) {
+    h.session.begin_connect(false, h.now);
+    let mut connack = ConnAck {
+        session_present: present,
+        ..Default::default()
+    };
+    f(&mut connack);
+    h.session.on_connack(&connack).unwrap();
+    h.drive().await;
+}
+
+#[tokio::test]
+async fn server_capabilities_are_checked_before_anything_is_stored() {
+    let mut h = memory_harness(HOUR);
+    connect_with(&mut h, false, |c| {
+        c.properties.maximum_packet_size = Some(100);
+        c.properties.maximum_qos = Some(QoS::AtLeastOnce);
+        c.properties.retain_available = Some(false);
+    })
+    .await;
+    let big = msg(QoS::AtLeastOnce, "t", &"x".repeat(200));
+    assert!(matches!(
+        h.session.publish(big),
+        Err(Error::PacketTooLarge { max: 100, .. })
+    ));
+    let e = h
+        .session
+        .publish(msg(QoS::ExactlyOnce, "t", "x"))
+        .unwrap_err();
+    assert_eq!(e.reason_code(), Some(0x9B));
+    let mut retained = msg(QoS::AtLeastOnce, "t", "x");
+    retained.retain = true;
+    let e = h.session.publish(retained).unwrap_err();
+    assert_eq!(e.reason_code(), Some(0x9A));
+    h.drive().await;
+    assert!(h.stored().await.is_empty());
+    assert!(h.take_wire().is_empty());
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+}
+
+#[tokio::test]
+async fn stored_message_too_large_for_the_new_server_limit_is_discarded_in_order() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let small1 = h.publish(msg(QoS::AtLeastOnce, "t", "a")).await;
+    let big = h
+        .publish(msg(QoS::AtLeastOnce, "t", &"x".repeat(500)))
+        .await;
+    let small2 = h.publish(msg(QoS::AtLeastOnce, "t", "b")).await;
+    h.take_wire();
+    h.drop_link().await;
+    connect_with(&mut h, true, |c| {
+        c.properties.maximum_packet_size = Some(100)
+    })
+    .await;
+    // MQTT v5 §3.1.2.24: discard without sending, as if sent.
+    let resent: Vec<Bytes> = h.sent_publishes().into_iter().map(|p| p.payload).collect();
+    assert_eq!(
+        resent,
+        vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+    );
+    assert!(matches!(big.await, Err(Error::PacketTooLarge { .. })));
+    assert_eq!(h.stored().await.len(), 2);
+    assert_eq!(h.session.packet_ids_in_use(), 2);
+    drop((small1, small2));
+}

@@ -120,7 +120,57 @@ pub struct Session {
     acks: AckQueue,
     receive_max: u16,
     in_flight: usize,
+    /// The server's limits from the last CONNACK.
+    limits: Limits,
     actions: VecDeque<Action>,
+}
+
+/// What the server said it accepts (CONNACK); MQTT's defaults until then.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_packet_size: u32,
+    max_qos: QoS,
+    retain_available: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: u32::MAX,
+            max_qos: QoS::ExactlyOnce,
+            retain_available: true,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks a PUBLISH against the server's capabilities.
+    fn check(&self, p: &Publish) -> Result<(), Error> {
+        if p.qos > self.max_qos {
+            return Err(Error::NotSupported {
+                reason_code: 0x9B,
+                what: "QoS above the server's Maximum QoS",
+            });
+        }
+        if p.retain && !self.retain_available {
+            return Err(Error::NotSupported {
+                reason_code: 0x9A,
+                what: "retained messages",
+            });
+        }
+        self.check_size(p)
+    }
+
+    fn check_size(&self, p: &Publish) -> Result<(), Error> {
+        let size = Packet::Publish(p.clone()).encoded_len()?;
+        if size as u64 > u64::from(self.max_packet_size) {
+            return Err(Error::PacketTooLarge {
+                size,
+                max: self.max_packet_size,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn encode(packet: &Packet) -> Result<Bytes, Error> {
@@ -147,6 +197,7 @@ impl Session {
             acks: AckQueue::default(),
             receive_max: u16::MAX,
             in_flight: 0,
+            limits: Limits::default(),
             actions: VecDeque::new(),
         }
     }
@@ -298,6 +349,11 @@ impl Session {
         if let Some(secs) = connack.properties.session_expiry_interval {
             self.expiry = secs;
         }
+        self.limits = Limits {
+            max_packet_size: connack.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            max_qos: connack.properties.maximum_qos.unwrap_or(QoS::ExactlyOnce),
+            retain_available: connack.properties.retain_available.unwrap_or(true),
+        };
         self.in_flight = 0;
         self.resend.clear();
         if !connack.session_present {
@@ -317,16 +373,12 @@ impl Session {
                         self.actions
                             .push_back(Action::Send(Packet::PubRel(PubRel::new(id))));
                     }
-                    OutState::Puback(ref p) | OutState::Pubrec(ref p) => {
+                    OutState::Puback(_) | OutState::Pubrec(_) => {
                         // In original order while the quota lasts; the rest are held back (in
                         // order) and go out as acknowledgements free quota.
                         if self.resend.is_empty() && self.in_flight < usize::from(self.receive_max)
                         {
-                            let mut p = p.clone();
-                            p.dup = true;
-                            out.counted = true;
-                            self.in_flight += 1;
-                            self.actions.push_back(Action::Send(Packet::Publish(p)));
+                            self.resend_publish(id);
                         } else {
                             self.resend.push_back(id);
                         }
@@ -453,7 +505,7 @@ impl Session {
                 return Err(Error::NotConnected);
             }
             publish.packet_id = None;
-            Packet::Publish(publish.clone()).encoded_len()?;
+            self.limits.check(&publish)?;
             self.actions
                 .push_back(Action::Send(Packet::Publish(publish)));
             return Ok(Completion::ready(Ok(PublishOutcome::Sent)));
@@ -462,6 +514,10 @@ impl Session {
         // failing later inside the queue.
         publish.packet_id = Some(PacketId::MIN);
         Packet::Publish(publish.clone()).encoded_len()?;
+        if self.link == Link::Up {
+            // Checked again when it leaves the queue, against the limits in force then.
+            self.limits.check(&publish)?;
+        }
         if self.link == Link::Up
             && self.waiting.is_empty()
             && self.resend.is_empty()
@@ -476,6 +532,28 @@ impl Session {
         Ok(completion)
     }
 
+    /// Resends a stored PUBLISH with DUP set, using one unit of quota; or, if the server's
+    /// Maximum Packet Size no longer admits it, discards it (MQTT v5 §3.1.2.24) and fails its
+    /// handle.
+    fn resend_publish(&mut self, id: PacketId) {
+        let Some(out) = self.outbound.get_mut(&id) else {
+            return;
+        };
+        let (OutState::Puback(p) | OutState::Pubrec(p)) = &out.state else {
+            return;
+        };
+        if let Err(e) = self.limits.check_size(p) {
+            tracing::warn!(id = id.get(), error = %e, "session: stored PUBLISH discarded");
+            self.finish(id, Err(e));
+            return;
+        }
+        let mut p = p.clone();
+        p.dup = true;
+        out.counted = true;
+        self.in_flight += 1;
+        self.actions.push_back(Action::Send(Packet::Publish(p)));
+    }
+
     /// Sends what the send quota allows: held-back retransmissions first, then waiting
     /// publishes, each in order.
     fn pump(&mut self) {
@@ -484,15 +562,7 @@ impl Session {
         }
         while self.in_flight < usize::from(self.receive_max) {
             if let Some(id) = self.resend.pop_front() {
-                if let Some(out) = self.outbound.get_mut(&id) {
-                    if let OutState::Puback(p) | OutState::Pubrec(p) = &out.state {
-                        let mut p = p.clone();
-                        p.dup = true;
-                        out.counted = true;
-                        self.in_flight += 1;
-                        self.actions.push_back(Action::Send(Packet::Publish(p)));
-                    }
-                }
+                self.resend_publish(id);
                 continue;
             }
             let Some(front) = self.waiting.front() else {
@@ -516,6 +586,11 @@ impl Session {
                 break;
             };
             publish.packet_id = Some(id);
+            if let Err(e) = self.limits.check(&publish) {
+                self.ids.free(id);
+                completer.complete(Err(e));
+                continue;
+            }
             let packet = Packet::Publish(publish);
             let value = match encode(&packet) {
                 Ok(v) => v,
@@ -641,7 +716,9 @@ impl Session {
         }
     }
 
-    fn finish(&mut self, id: PacketId, outcome: PublishOutcome) {
+    /// Ends an outgoing exchange: frees its id and quota, deletes it from the store and resolves
+    /// its handle. Does not pump (callers decide when, so resend order is not disturbed).
+    fn finish(&mut self, id: PacketId, outcome: Result<PublishOutcome, Error>) {
         if let Some(out) = self.outbound.remove(&id) {
             self.order.remove(&out.order);
             self.ids.free(id);
@@ -652,21 +729,21 @@ impl Session {
                 .push_back(Action::Store(StoreOp::Delete(Key::Outbound(id))));
             tracing::trace!(
                 id = id.get(),
-                reason_code = outcome.reason_code(),
+                ok = outcome.is_ok(),
                 "session: publish finished"
             );
             if let Some(c) = out.completer {
-                c.complete(Ok(outcome));
+                c.complete(outcome);
             }
         }
-        self.pump();
     }
 
     fn on_puback(&mut self, ack: PubAck) -> Result<(), Error> {
         match self.outbound.get(&ack.packet_id).map(|o| &o.state) {
             Some(OutState::Puback(_)) => {
                 let id = ack.packet_id;
-                self.finish(id, PublishOutcome::PubAck(ack));
+                self.finish(id, Ok(PublishOutcome::PubAck(ack)));
+                self.pump();
                 Ok(())
             }
             Some(_) => Err(protocol("PUBACK for a QoS 2 exchange")),
@@ -685,7 +762,8 @@ impl Session {
         match self.outbound.get_mut(&id) {
             Some(out) => match out.state {
                 OutState::Pubrec(_) if rec.reason_code.is_error() => {
-                    self.finish(id, PublishOutcome::PubRec(rec));
+                    self.finish(id, Ok(PublishOutcome::PubRec(rec)));
+                    self.pump();
                     Ok(())
                 }
                 OutState::Pubrec(_) | OutState::Pubcomp => {
@@ -719,7 +797,8 @@ impl Session {
         match self.outbound.get(&comp.packet_id).map(|o| &o.state) {
             Some(OutState::Pubcomp) => {
                 let id = comp.packet_id;
-                self.finish(id, PublishOutcome::PubComp(comp));
+                self.finish(id, Ok(PublishOutcome::PubComp(comp)));
+                self.pump();
                 Ok(())
             }
             Some(_) => Err(protocol("PUBCOMP before PUBREC")),

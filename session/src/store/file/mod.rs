@@ -346,6 +346,9 @@ impl FileStore {
                 let shared = Arc::new(Shared::default());
                 let mut writer = Writer::new(fs, shared.clone(), options);
                 if let Err(e) = writer.open(&identity) {
+                    // Release the directory before answering, so that the caller may retry at
+                    // once without meeting its own failed attempt as `AlreadyOpen`.
+                    drop(unregister);
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
