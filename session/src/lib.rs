@@ -37,7 +37,10 @@
 //!   several in a row and await them together to share one fsync. If one fails, the driver
 //!   closes the connection and calls [`Session::fail_all`]; the store must be reopened.
 //! - [`Action::Send`]: write the packet. PUBLISHes carry their full topic; the driver may apply
-//!   a per-connection topic alias as it writes, and checks the server's Maximum Packet Size.
+//!   a per-connection topic alias as it writes. The engine has already checked every PUBLISH
+//!   against the server's Maximum Packet Size, Maximum QoS and Retain Available from CONNACK
+//!   (a stored message the limit no longer admits is discarded, MQTT v5 §3.1.2.24); other
+//!   packets (SUBSCRIBE, ...) are the driver's to check.
 //! - [`Action::Deliver`]: hand the message to the application (resolve inbound topic aliases
 //!   *before* feeding a PUBLISH to the session). QoS 1/2 deliveries carry an [`AckToken`];
 //!   PUBACK/PUBREC go out in arrival order whatever the order of [`Session::ack`] calls.
