@@ -228,3 +228,22 @@ conformance!(file: put_then_get, list_is_in_put_order_not_id_order, replacement_
     delete_removes_and_absent_delete_succeeds, directions_are_separate_id_spaces, kind_must_fit_key,
     reset_clears_and_later_puts_still_order, quarantine_removes_and_reports,
     operations_apply_in_call_order, concurrent_writers_all_land, oversized_value_refused);
+
+/// The driver moves these between tasks and threads.
+#[test]
+fn public_types_are_send_and_sync_where_the_driver_needs_it() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    fn send_future<F: std::future::Future + Send + 'static>(_: F) {}
+    send::<paho_session::Session>();
+    send::<paho_session::PublishCompletion>();
+    send::<paho_session::SubscribeCompletion>();
+    send::<FileStore>();
+    sync::<FileStore>();
+    sync::<MemoryStore>();
+    send::<paho_session::Error>();
+    sync::<paho_session::Error>();
+    let s = MemoryStore::new();
+    send_future(s.put(out(1), EntryKind::Publish, Bytes::new()));
+    send_future(s.list());
+}
