@@ -54,7 +54,7 @@ pub(crate) trait Kind {
     /// Bytes of the value (identifier excluded); validates what the encoder must refuse.
     fn len(v: &Self::Value, id: u8) -> Result<usize, Error>;
     fn put(v: &Self::Value, buf: &mut BytesMut);
-    fn read(r: &mut Reader<'_>, id: u8) -> Result<Self::Value, Error>;
+    fn read(r: &mut Reader, id: u8) -> Result<Self::Value, Error>;
 }
 
 /// A byte that must be 0 or 1.
@@ -67,7 +67,7 @@ impl Kind for Flag {
     fn put(v: &bool, buf: &mut BytesMut) {
         buf.put_u8(u8::from(*v));
     }
-    fn read(r: &mut Reader<'_>, id: u8) -> Result<bool, Error> {
+    fn read(r: &mut Reader, id: u8) -> Result<bool, Error> {
         match r.u8("property value")? {
             0 => Ok(false),
             1 => Ok(true),
@@ -89,7 +89,7 @@ impl Kind for MaxQoS {
     fn put(v: &QoS, buf: &mut BytesMut) {
         buf.put_u8(*v as u8);
     }
-    fn read(r: &mut Reader<'_>, id: u8) -> Result<QoS, Error> {
+    fn read(r: &mut Reader, id: u8) -> Result<QoS, Error> {
         match r.u8("property value")? {
             0 => Ok(QoS::AtMostOnce),
             1 => Ok(QoS::AtLeastOnce),
@@ -108,7 +108,7 @@ impl Kind for U16 {
     fn put(v: &u16, buf: &mut BytesMut) {
         buf.put_u16(*v);
     }
-    fn read(r: &mut Reader<'_>, _: u8) -> Result<u16, Error> {
+    fn read(r: &mut Reader, _: u8) -> Result<u16, Error> {
         r.u16("property value")
     }
 }
@@ -126,7 +126,7 @@ impl Kind for U16NonZero {
     fn put(v: &u16, buf: &mut BytesMut) {
         buf.put_u16(*v);
     }
-    fn read(r: &mut Reader<'_>, id: u8) -> Result<u16, Error> {
+    fn read(r: &mut Reader, id: u8) -> Result<u16, Error> {
         match r.u16("property value")? {
             0 => Err(Error::InvalidPropertyValue(id)),
             v => Ok(v),
@@ -144,7 +144,7 @@ impl Kind for U32 {
     fn put(v: &u32, buf: &mut BytesMut) {
         buf.put_u32(*v);
     }
-    fn read(r: &mut Reader<'_>, _: u8) -> Result<u32, Error> {
+    fn read(r: &mut Reader, _: u8) -> Result<u32, Error> {
         r.u32("property value")
     }
 }
@@ -162,7 +162,7 @@ impl Kind for U32NonZero {
     fn put(v: &u32, buf: &mut BytesMut) {
         buf.put_u32(*v);
     }
-    fn read(r: &mut Reader<'_>, id: u8) -> Result<u32, Error> {
+    fn read(r: &mut Reader, id: u8) -> Result<u32, Error> {
         match r.u32("property value")? {
             0 => Err(Error::InvalidPropertyValue(id)),
             v => Ok(v),
@@ -183,7 +183,7 @@ impl Kind for SubId {
     fn put(v: &u32, buf: &mut BytesMut) {
         wire::put_varint(buf, *v as usize);
     }
-    fn read(r: &mut Reader<'_>, id: u8) -> Result<u32, Error> {
+    fn read(r: &mut Reader, id: u8) -> Result<u32, Error> {
         match r.varint("subscription identifier")? {
             0 => Err(Error::InvalidPropertyValue(id)),
             v => Ok(v),
@@ -202,7 +202,7 @@ impl Kind for Str {
     fn put(v: &MqttString, buf: &mut BytesMut) {
         wire::put_prefixed(buf, v.as_bytes());
     }
-    fn read(r: &mut Reader<'_>, _: u8) -> Result<MqttString, Error> {
+    fn read(r: &mut Reader, _: u8) -> Result<MqttString, Error> {
         r.string("property value")
     }
 }
@@ -218,7 +218,7 @@ impl Kind for Bin {
     fn put(v: &Bytes, buf: &mut BytesMut) {
         wire::put_prefixed(buf, v);
     }
-    fn read(r: &mut Reader<'_>, _: u8) -> Result<Bytes, Error> {
+    fn read(r: &mut Reader, _: u8) -> Result<Bytes, Error> {
         r.binary("property value")
     }
 }
@@ -288,7 +288,7 @@ macro_rules! properties {
             }
 
             /// Reads the length prefix and the property block.
-            pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, Error> {
+            pub(crate) fn read(r: &mut Reader) -> Result<Self, Error> {
                 let len = r.varint("property length")? as usize;
                 let mut p = Self::default();
                 if len == 0 {

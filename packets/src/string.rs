@@ -6,7 +6,7 @@ use std::ops::Deref;
 
 use bytes::Bytes;
 
-use crate::Error;
+use crate::{topic, Error};
 
 /// An immutable UTF-8 string backed by [`Bytes`].
 ///
@@ -16,7 +16,9 @@ use crate::Error;
 ///
 /// Constructing one from a `&str` or `String` never fails; the MQTT rules for strings (at most
 /// 65,535 bytes, no U+0000) are checked when a packet is encoded, so a too-long string is an
-/// [`Error::FieldTooLong`], never a silent truncation.
+/// [`Error::FieldTooLong`], never a silent truncation. The string is scanned once, when it is
+/// made (or decoded), for U+0000 and wildcard characters; encoding then checks a flag instead
+/// of reading the string again, however often the packet is sent.
 ///
 /// ```
 /// use paho_packets::MqttString;
@@ -24,33 +26,74 @@ use crate::Error;
 /// assert_eq!(&*topic, "sensors/kitchen");
 /// assert!(topic.starts_with("sensors/"));
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MqttString(Bytes);
+#[derive(Clone, Default)]
+pub struct MqttString {
+    bytes: Bytes,
+    /// [`topic::scan`] flags of `bytes` (U+0000, wildcards).
+    flags: u8,
+}
 
 impl MqttString {
     /// An empty string.
     pub const fn new() -> Self {
-        MqttString(Bytes::new())
+        MqttString {
+            bytes: Bytes::new(),
+            flags: 0,
+        }
     }
 
     /// A string from a static literal, without copying.
     pub const fn from_static(s: &'static str) -> Self {
-        MqttString(Bytes::from_static(s.as_bytes()))
+        let b = s.as_bytes();
+        let mut flags = 0;
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == 0 {
+                flags |= topic::NUL;
+            } else if b[i] == b'+' || b[i] == b'#' {
+                flags |= topic::WILDCARD;
+            }
+            i += 1;
+        }
+        MqttString {
+            bytes: Bytes::from_static(b),
+            flags,
+        }
     }
 
     /// Wraps bytes after checking they are valid UTF-8 without U+0000.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, Error> {
-        let s = std::str::from_utf8(&bytes).map_err(|_| Error::InvalidUtf8)?;
-        if s.as_bytes().contains(&0) {
+        std::str::from_utf8(&bytes).map_err(|_| Error::InvalidUtf8)?;
+        let flags = topic::scan(&bytes);
+        if flags & topic::NUL != 0 {
             return Err(Error::NullCharacter);
         }
-        Ok(MqttString(bytes))
+        Ok(MqttString { bytes, flags })
     }
 
-    /// Wraps bytes already checked to be valid UTF-8.
-    pub(crate) fn from_checked(bytes: Bytes) -> Self {
+    /// Wraps bytes already checked to be valid UTF-8, with their scan flags.
+    pub(crate) fn from_checked(bytes: Bytes, flags: u8) -> Self {
         debug_assert!(std::str::from_utf8(&bytes).is_ok());
-        MqttString(bytes)
+        debug_assert_eq!(
+            flags & !topic::NON_ASCII,
+            topic::scan(&bytes) & !topic::NON_ASCII
+        );
+        MqttString { bytes, flags }
+    }
+
+    fn scanned(bytes: Bytes) -> Self {
+        let flags = topic::scan(&bytes);
+        MqttString { bytes, flags }
+    }
+
+    /// True when the string contains U+0000, which MQTT forbids.
+    pub(crate) fn has_nul(&self) -> bool {
+        self.flags & topic::NUL != 0
+    }
+
+    /// True when the string contains `+` or `#`.
+    pub(crate) fn has_wildcard(&self) -> bool {
+        self.flags & topic::WILDCARD != 0
     }
 
     /// The string slice.
@@ -61,18 +104,45 @@ impl MqttString {
         // The bytes are immutable afterwards (`Bytes` offers no mutation).
         #[allow(unsafe_code)]
         unsafe {
-            std::str::from_utf8_unchecked(&self.0)
+            std::str::from_utf8_unchecked(&self.bytes)
         }
     }
 
     /// The underlying bytes.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
     }
 
     /// Consumes the string and returns its bytes.
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.bytes
+    }
+}
+
+// Equality, order and hashing are those of the text; the flags are derived from it.
+impl PartialEq for MqttString {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for MqttString {}
+
+impl PartialOrd for MqttString {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MqttString {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
+    }
+}
+
+impl std::hash::Hash for MqttString {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
     }
 }
 
@@ -97,13 +167,13 @@ impl Borrow<str> for MqttString {
 
 impl From<&str> for MqttString {
     fn from(s: &str) -> Self {
-        MqttString(Bytes::copy_from_slice(s.as_bytes()))
+        MqttString::scanned(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
 impl From<String> for MqttString {
     fn from(s: String) -> Self {
-        MqttString(Bytes::from(s))
+        MqttString::scanned(Bytes::from(s))
     }
 }
 
@@ -161,5 +231,21 @@ mod tests {
             MqttString::from_utf8(Bytes::from_static("ä/b".as_bytes())).map(|s| s.to_string()),
             Ok("ä/b".to_string())
         );
+    }
+
+    #[test]
+    fn flags_follow_the_text_whatever_the_constructor() {
+        for text in ["a/b", "a/+", "#", "a\0", "", "caf\u{e9}/#"] {
+            let made = [
+                MqttString::from(text),
+                MqttString::from(text.to_string()),
+                MqttString::from_static(Box::leak(text.to_string().into_boxed_str())),
+            ];
+            for m in &made {
+                assert_eq!(m.has_nul(), text.contains('\0'), "{text:?}");
+                assert_eq!(m.has_wildcard(), text.contains(['+', '#']), "{text:?}");
+                assert_eq!(m, &made[0]);
+            }
+        }
     }
 }

@@ -2,12 +2,65 @@
 
 use crate::Error;
 
+/// Flags from one pass over a string's bytes (see [`scan`]).
+pub(crate) const NON_ASCII: u8 = 1;
+pub(crate) const NUL: u8 = 2;
+pub(crate) const WILDCARD: u8 = 4;
+
+/// One pass over `b` that reports non-ASCII bytes, U+0000 and wildcards at once.
+///
+/// Topics are checked on every PUBLISH, so this reads eight bytes at a time (SWAR) instead of
+/// making three byte-by-byte passes (UTF-8, NUL, wildcards).
+#[inline]
+pub(crate) fn scan(b: &[u8]) -> u8 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Non-zero exactly when some byte lane of `w` is zero (the classic "haszero" test; only
+    // which lanes it flags can be off, never whether there is one).
+    #[inline]
+    fn zero_lanes(w: u64) -> u64 {
+        w.wrapping_sub(LO) & !w & HI
+    }
+    let mut high = 0u64;
+    let mut nul = 0u64;
+    let mut wild = 0u64;
+    let mut words = b.chunks_exact(8);
+    for chunk in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(bytes);
+        high |= w & HI;
+        nul |= zero_lanes(w);
+        wild |= zero_lanes(w ^ (LO * u64::from(b'+'))) | zero_lanes(w ^ (LO * u64::from(b'#')));
+    }
+    let mut acc = 0u8;
+    if high != 0 {
+        acc |= NON_ASCII;
+    }
+    if nul != 0 {
+        acc |= NUL;
+    }
+    if wild != 0 {
+        acc |= WILDCARD;
+    }
+    acc | scan_bytes(words.remainder())
+}
+
+#[inline]
+fn scan_bytes(b: &[u8]) -> u8 {
+    b.iter().fold(0u8, |acc, &c| {
+        acc | (u8::from(c >= 0x80) * NON_ASCII)
+            | (u8::from(c == 0) * NUL)
+            | (u8::from(c == b'+' || c == b'#') * WILDCARD)
+    })
+}
+
 /// Checks a topic name for a PUBLISH: non-empty, no wildcard characters.
 ///
 /// (An empty topic is allowed on the wire together with a topic alias; the PUBLISH codec
 /// handles that case before calling this.)
 pub fn validate_topic_name(topic: &str) -> Result<(), Error> {
-    if topic.is_empty() || topic.bytes().any(|b| b == b'+' || b == b'#') {
+    if topic.is_empty() || scan(topic.as_bytes()) & WILDCARD != 0 {
         return Err(Error::InvalidTopicName(topic.to_owned()));
     }
     Ok(())
@@ -23,7 +76,7 @@ pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, Error> {
     };
     let bad = || Error::InvalidTopicFilter(filter.to_owned());
     let (group, inner) = rest.split_once('/').ok_or_else(bad)?;
-    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+    if group.is_empty() || scan(group.as_bytes()) & WILDCARD != 0 || inner.is_empty() {
         return Err(bad());
     }
     Ok(Some((group, inner)))
@@ -32,27 +85,33 @@ pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, Error> {
 /// Checks a topic filter for SUBSCRIBE/UNSUBSCRIBE: non-empty, `+` alone in its level, `#`
 /// alone in the last level, and a well-formed `$share/{group}/` prefix if there is one.
 pub fn validate_topic_filter(filter: &str) -> Result<(), Error> {
-    let inner = match split_shared(filter)? {
-        Some((_, inner)) => inner,
-        None => filter,
-    };
-    if !filter_shape_ok(inner) {
-        return Err(Error::InvalidTopicFilter(filter.to_owned()));
-    }
-    Ok(())
+    check_filter(filter).map(|_| ())
 }
 
-fn filter_shape_ok(filter: &str) -> bool {
-    if filter.is_empty() {
+/// Like [`validate_topic_filter`], and says whether the filter is a shared subscription.
+pub(crate) fn check_filter(filter: &str) -> Result<bool, Error> {
+    let (shared, inner) = match split_shared(filter)? {
+        Some((_, inner)) => (true, inner),
+        None => (false, filter),
+    };
+    if !filter_shape_ok(inner.as_bytes()) {
+        return Err(Error::InvalidTopicFilter(filter.to_owned()));
+    }
+    Ok(shared)
+}
+
+fn filter_shape_ok(f: &[u8]) -> bool {
+    if f.is_empty() {
         return false;
     }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        match level {
-            "+" => {}
-            "#" if last => {}
-            _ if level.contains(['+', '#']) => return false,
+    let mut level_start = 0;
+    for (i, &c) in f.iter().enumerate() {
+        match c {
+            b'/' => level_start = i + 1,
+            // `+` must fill its level: start it, and be followed by `/` or the end.
+            b'+' if i != level_start || f.get(i + 1).is_some_and(|&n| n != b'/') => return false,
+            // `#` must fill the last level.
+            b'#' if i != level_start || i + 1 != f.len() => return false,
             _ => {}
         }
     }
@@ -128,6 +187,31 @@ mod tests {
             "$share/g#/a",
         ] {
             assert!(validate_topic_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scan_agrees_with_a_byte_loop() {
+        let samples: [&[u8]; 9] = [
+            b"",
+            b"devices/device-42/telemetry/temperature",
+            b"abcdefgh+",
+            b"abcdefg#ijklmnop",
+            b"abcdefghijklmno\0",
+            b"\0bcdefgh",
+            "caf\u{e9}/menu/entr\u{e9}es".as_bytes(),
+            b"\x01\x01\x01\x01\x01\x01\x01\x01",
+            b"ab+d#fgh\0jk",
+        ];
+        for s in samples {
+            assert_eq!(scan(s), scan_bytes(s), "{s:?}");
+        }
+        for i in 0..24 {
+            for c in [0u8, b'+', b'#', 0x80, 0x01, b'*', 0x2a, 0x22] {
+                let mut v = vec![b'a'; 24];
+                v[i] = c;
+                assert_eq!(scan(&v), scan_bytes(&v), "{c:#x} at {i}");
+            }
         }
     }
 

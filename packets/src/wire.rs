@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::topic::{scan, NON_ASCII, NUL, WILDCARD};
 use crate::{Error, MqttString};
 
 /// The largest value a variable byte integer can hold.
@@ -60,14 +61,25 @@ pub(crate) fn peek_varint(bytes: &[u8]) -> Result<Option<(u32, usize)>, Error> {
     }
 }
 
-/// Checks a string for the encoder: length and U+0000.
+/// Checks a string for the encoder: length and U+0000 (from the flags the string keeps).
 #[inline]
-pub(crate) fn check_str(s: &str) -> Result<(), Error> {
+pub(crate) fn check_str(s: &MqttString) -> Result<(), Error> {
     if s.len() > FIELD_MAX {
         return Err(Error::FieldTooLong(s.len()));
     }
-    if s.as_bytes().contains(&0) {
+    if s.has_nul() {
         return Err(Error::NullCharacter);
+    }
+    Ok(())
+}
+
+/// Checks a topic name for the encoder: length, U+0000 and wildcards. An empty name is
+/// accepted here; the caller knows whether a topic alias makes it valid.
+#[inline]
+pub(crate) fn check_topic(s: &MqttString) -> Result<(), Error> {
+    check_str(s)?;
+    if s.has_wildcard() {
+        return Err(Error::InvalidTopicName(s.to_string()));
     }
     Ok(())
 }
@@ -88,21 +100,20 @@ pub(crate) fn put_prefixed(buf: &mut BytesMut, b: &[u8]) {
     buf.put_slice(b);
 }
 
-/// A cursor over one frame's body. Fields are sliced out of the frame, never copied.
-pub(crate) struct Reader<'a> {
-    frame: &'a Bytes,
+/// A cursor over one frame's body. It owns the frame, so that the last field (a PUBLISH
+/// payload) can take the frame's bytes over without touching the reference count; other
+/// fields are sliced out of it, never copied.
+pub(crate) struct Reader {
+    frame: Bytes,
     pos: usize,
     end: usize,
 }
 
-impl<'a> Reader<'a> {
+impl Reader {
     /// A reader over `frame[pos..]`.
-    pub(crate) fn new(frame: &'a Bytes, pos: usize) -> Self {
-        Reader {
-            frame,
-            pos,
-            end: frame.len(),
-        }
+    pub(crate) fn new(frame: Bytes, pos: usize) -> Self {
+        let end = frame.len();
+        Reader { frame, pos, end }
     }
 
     /// Bytes left before the end of the current limit.
@@ -119,29 +130,29 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Runs `f` on a reader limited to the next `len` bytes, then moves past them.
+    /// Runs `f` with the reader limited to the next `len` bytes, which `f` must consume
+    /// entirely.
     pub(crate) fn sub<T>(
         &mut self,
         len: usize,
         what: &'static str,
-        f: impl FnOnce(&mut Reader<'a>) -> Result<T, Error>,
+        f: impl FnOnce(&mut Reader) -> Result<T, Error>,
     ) -> Result<T, Error> {
         if len > self.remaining() {
             return Err(Error::UnexpectedEnd(what));
         }
-        let mut inner = Reader {
-            frame: self.frame,
-            pos: self.pos,
-            end: self.pos + len,
-        };
-        let value = f(&mut inner)?;
-        inner.finish()?;
-        self.pos += len;
+        let outer_end = self.end;
+        self.end = self.pos + len;
+        let value = f(self);
+        let finished = self.finish();
+        self.end = outer_end;
+        let value = value?;
+        finished?;
         Ok(value)
     }
 
     #[inline]
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Error> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], Error> {
         if n > self.remaining() {
             return Err(Error::UnexpectedEnd(what));
         }
@@ -194,36 +205,50 @@ impl<'a> Reader<'a> {
     /// A length-prefixed UTF-8 string, validated, as a slice of the frame.
     #[inline]
     pub(crate) fn string(&mut self, what: &'static str) -> Result<MqttString, Error> {
+        self.scanned_string(what).map(|(s, _)| s)
+    }
+
+    /// A length-prefixed topic name: UTF-8 without wildcards (it may be empty).
+    #[inline]
+    pub(crate) fn topic_name(&mut self, what: &'static str) -> Result<MqttString, Error> {
+        let (s, flags) = self.scanned_string(what)?;
+        if flags & WILDCARD != 0 {
+            return Err(Error::InvalidTopicName(s.to_string()));
+        }
+        Ok(s)
+    }
+
+    /// A validated string and the [`scan`] flags of its bytes.
+    #[inline]
+    fn scanned_string(&mut self, what: &'static str) -> Result<(MqttString, u8), Error> {
         let len = usize::from(self.u16(what)?);
         let raw = self.take(len, what)?;
-        validate_utf8(raw)?;
-        let start = self.pos - len;
-        Ok(MqttString::from_checked(self.frame.slice(start..self.pos)))
-    }
-
-    /// Everything left, as a slice of the frame.
-    pub(crate) fn rest(&mut self) -> Bytes {
-        let b = self.frame.slice(self.pos..self.end);
-        self.pos = self.end;
-        b
-    }
-}
-
-/// Checks MQTT string rules on raw bytes: valid UTF-8 and no U+0000.
-#[inline]
-pub(crate) fn validate_utf8(raw: &[u8]) -> Result<(), Error> {
-    // ASCII fast path: most topics and ids are ASCII, and the check for NUL rides along.
-    if raw.is_ascii() {
-        if raw.contains(&0) {
+        let flags = scan(raw);
+        if flags & NUL != 0 {
             return Err(Error::NullCharacter);
         }
-        return Ok(());
+        // Only strings with non-ASCII bytes need the full UTF-8 check.
+        if flags & NON_ASCII != 0 && std::str::from_utf8(raw).is_err() {
+            return Err(Error::InvalidUtf8);
+        }
+        if len == 0 {
+            return Ok((MqttString::new(), flags));
+        }
+        let start = self.pos - len;
+        let s = MqttString::from_checked(self.frame.slice(start..self.pos), flags);
+        Ok((s, flags))
     }
-    let s = std::str::from_utf8(raw).map_err(|_| Error::InvalidUtf8)?;
-    if s.as_bytes().contains(&0) {
-        return Err(Error::NullCharacter);
+
+    /// Everything left up to the end of the frame, taking the frame over (so the reader
+    /// must not be used for anything but [`Reader::finish`] afterwards).
+    pub(crate) fn rest(&mut self) -> Bytes {
+        let mut b = std::mem::take(&mut self.frame);
+        b.truncate(self.end);
+        bytes::Buf::advance(&mut b, self.pos);
+        self.pos = 0;
+        self.end = 0;
+        b
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -560,7 +560,7 @@ fn encoder_refuses_invalid_packets() {
     let mut zero_rm = ConnAck::default();
     zero_rm.properties.receive_maximum = Some(0);
     assert_eq!(
-        Packet::ConnAck(zero_rm).encode(&mut buf),
+        Packet::from(zero_rm).encode(&mut buf),
         Err(Error::InvalidPropertyValue(0x21))
     );
     assert!(buf.is_empty());

@@ -159,7 +159,7 @@ fn connack() -> impl Strategy<Value = Packet> {
     );
     let code = (0u8..=255).prop_filter_map("valid code", |c| ConnectReasonCode::try_from(c).ok());
     (any::<bool>(), code, a, b).prop_map(|(sp, reason_code, a, b)| {
-        Packet::ConnAck(ConnAck {
+        Packet::from(ConnAck {
             session_present: sp && !reason_code.is_error(),
             reason_code,
             properties: ConnAckProperties {

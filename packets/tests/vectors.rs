@@ -163,12 +163,12 @@ fn connack_minimal() {
     // 3.2: flags 0, reason Success, empty properties.
     check(
         &[0x20, 0x03, 0x00, 0x00, 0x00],
-        Packet::ConnAck(ConnAck::default()),
+        Packet::from(ConnAck::default()),
     );
     // A refusal.
     check(
         &[0x20, 0x03, 0x00, 0x87, 0x00],
-        Packet::ConnAck(ConnAck {
+        Packet::from(ConnAck {
             reason_code: ConnectReasonCode::NotAuthorized,
             ..Default::default()
         }),
@@ -224,7 +224,7 @@ fn connack_every_property() {
     };
     check(
         &bytes,
-        Packet::ConnAck(ConnAck {
+        Packet::from(ConnAck {
             session_present: true,
             reason_code: ConnectReasonCode::Success,
             properties,

@@ -32,7 +32,7 @@ macro_rules! ack_packet {
                 }
             }
 
-            pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, Error> {
+            pub(crate) fn read(r: &mut Reader) -> Result<Self, Error> {
                 let packet_id = read_packet_id(r, PacketType::$ptype.name())?;
                 // The reason code and the properties may be left out (section 3.4.2.1).
                 let reason_code = match r.remaining() {

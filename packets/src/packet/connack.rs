@@ -20,7 +20,7 @@ pub struct ConnAck {
 }
 
 impl ConnAck {
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<ConnAck, Error> {
+    pub(crate) fn read(r: &mut Reader) -> Result<ConnAck, Error> {
         let flags = r.u8("connect acknowledge flags")?;
         let reason_code = ConnectReasonCode::try_from(r.u8("reason code")?)?;
         // Bits 7-1 are reserved; a failed connect never has a session (MQTT-3.2.2-6).

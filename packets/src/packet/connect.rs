@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{Body, PacketType, Sizes};
 use crate::properties::{ConnectProperties, WillProperties};
 use crate::wire::{self, Reader};
-use crate::{topic, Error, MqttString, QoS};
+use crate::{Error, MqttString, QoS};
 
 const PROTOCOL_NAME: &[u8] = b"MQTT";
 const PROTOCOL_LEVEL: u8 = 5;
@@ -45,7 +45,7 @@ pub struct Will {
 }
 
 impl Connect {
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Connect, Error> {
+    pub(crate) fn read(r: &mut Reader) -> Result<Connect, Error> {
         let name = r.binary("protocol name")?;
         let level = r.u8("protocol level")?;
         if &name[..] != PROTOCOL_NAME || level != PROTOCOL_LEVEL {
@@ -66,8 +66,10 @@ impl Connect {
         let client_id = r.string("client identifier")?;
         let will = if will_flag {
             let properties = WillProperties::read(r)?;
-            let topic = r.string("will topic")?;
-            topic::validate_topic_name(&topic)?;
+            let topic = r.topic_name("will topic")?;
+            if topic.is_empty() {
+                return Err(Error::InvalidTopicName(String::new()));
+            }
             let payload = r.binary("will payload")?;
             Some(Will {
                 topic,
@@ -124,8 +126,10 @@ impl Body for Connect {
         let mut will_props = 0;
         if let Some(w) = &self.will {
             will_props = w.properties.body_len()?;
-            wire::check_str(&w.topic)?;
-            topic::validate_topic_name(&w.topic)?;
+            wire::check_topic(&w.topic)?;
+            if w.topic.is_empty() {
+                return Err(Error::InvalidTopicName(String::new()));
+            }
             wire::check_bin(&w.payload)?;
             n +=
                 wire::varint_len(will_props) + will_props + 2 + w.topic.len() + 2 + w.payload.len();

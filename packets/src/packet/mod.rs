@@ -109,7 +109,7 @@ impl PacketType {
 #[allow(missing_docs)]
 pub enum Packet {
     Connect(Box<Connect>),
-    ConnAck(ConnAck),
+    ConnAck(Box<ConnAck>),
     Publish(Publish),
     PubAck(PubAck),
     PubRec(PubRec),
@@ -184,7 +184,7 @@ fn encoded_len_of<B: Body>(p: &B) -> Result<usize, Error> {
 }
 
 /// A packet identifier that must be non-zero.
-pub(crate) fn read_packet_id(r: &mut Reader<'_>, packet: &'static str) -> Result<PacketId, Error> {
+pub(crate) fn read_packet_id(r: &mut Reader, packet: &'static str) -> Result<PacketId, Error> {
     PacketId::new(r.u16("packet identifier")?).ok_or(Error::ZeroPacketId(packet))
 }
 
@@ -195,7 +195,10 @@ macro_rules! dispatch {
                 let $p = &**$p;
                 $e
             }
-            Packet::ConnAck($p) => $e,
+            Packet::ConnAck($p) => {
+                let $p = &**$p;
+                $e
+            }
             Packet::Publish($p) => $e,
             Packet::PubAck($p) => $e,
             Packet::PubRec($p) => $e,
@@ -275,7 +278,7 @@ impl Packet {
         match (header + remaining).cmp(&frame.len()) {
             std::cmp::Ordering::Greater => Err(Error::UnexpectedEnd("packet")),
             std::cmp::Ordering::Less => Err(Error::TrailingBytes(frame.len() - header - remaining)),
-            std::cmp::Ordering::Equal => decode_body(ptype, first, &frame, header),
+            std::cmp::Ordering::Equal => decode_body(ptype, first, frame, header),
         }
     }
 }
@@ -326,19 +329,14 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: u32) -> Result<Option<Packet>
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();
-    decode_body(ptype, first, &frame, 1 + n).map(Some)
+    decode_body(ptype, first, frame, 1 + n).map(Some)
 }
 
-fn decode_body(
-    ptype: PacketType,
-    first: u8,
-    frame: &Bytes,
-    header: usize,
-) -> Result<Packet, Error> {
+fn decode_body(ptype: PacketType, first: u8, frame: Bytes, header: usize) -> Result<Packet, Error> {
     let mut r = Reader::new(frame, header);
     let packet = match ptype {
         PacketType::Connect => Packet::Connect(Box::new(Connect::read(&mut r)?)),
-        PacketType::ConnAck => Packet::ConnAck(ConnAck::read(&mut r)?),
+        PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::read(&mut r)?)),
         PacketType::Publish => Packet::Publish(Publish::read(first & 0x0F, &mut r)?),
         PacketType::PubAck => Packet::PubAck(PubAck::read(&mut r)?),
         PacketType::PubRec => Packet::PubRec(PubRec::read(&mut r)?),
@@ -370,7 +368,6 @@ macro_rules! impl_from_packet {
 }
 
 impl_from_packet!(
-    ConnAck,
     Publish,
     PubAck,
     PubRec,
@@ -384,8 +381,16 @@ impl_from_packet!(
     Auth
 );
 
+// The two largest packets are boxed so that `Packet` stays the size of a PUBLISH, which is
+// what moves through the hot path.
 impl From<Connect> for Packet {
     fn from(p: Connect) -> Packet {
         Packet::Connect(Box::new(p))
+    }
+}
+
+impl From<ConnAck> for Packet {
+    fn from(p: ConnAck) -> Packet {
+        Packet::ConnAck(Box::new(p))
     }
 }

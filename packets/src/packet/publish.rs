@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::{read_packet_id, Body, PacketType, Sizes};
 use crate::properties::PublishProperties;
 use crate::wire::{self, Reader};
-use crate::{topic, Error, MqttString, PacketId, QoS};
+use crate::{Error, MqttString, PacketId, QoS};
 
 /// An application message on its way between client and server.
 ///
@@ -44,20 +44,22 @@ pub struct Publish {
 }
 
 impl Publish {
-    pub(crate) fn read(flags: u8, r: &mut Reader<'_>) -> Result<Publish, Error> {
+    pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, Error> {
         let dup = flags & 0b1000 != 0;
         let qos = QoS::try_from((flags >> 1) & 0b11)?;
         let retain = flags & 0b0001 != 0;
         if dup && qos == QoS::AtMostOnce {
             return Err(Error::DupOnQoS0);
         }
-        let topic = r.string("topic name")?;
+        let topic = r.topic_name("topic name")?;
         let packet_id = match qos {
             QoS::AtMostOnce => None,
             _ => Some(read_packet_id(r, "PUBLISH")?),
         };
         let properties = PublishProperties::read(r)?;
-        check_topic(&topic, &properties)?;
+        if topic.is_empty() && properties.topic_alias.is_none() {
+            return Err(Error::InvalidTopicName(String::new()));
+        }
         let payload = r.rest();
         Ok(Publish {
             dup,
@@ -71,13 +73,6 @@ impl Publish {
     }
 }
 
-fn check_topic(topic: &str, properties: &PublishProperties) -> Result<(), Error> {
-    if topic.is_empty() && properties.topic_alias.is_some() {
-        return Ok(());
-    }
-    topic::validate_topic_name(topic)
-}
-
 impl Body for Publish {
     const TYPE: PacketType = PacketType::Publish;
 
@@ -86,8 +81,10 @@ impl Body for Publish {
     }
 
     fn sizes(&self) -> Result<Sizes, Error> {
-        wire::check_str(&self.topic)?;
-        check_topic(&self.topic, &self.properties)?;
+        wire::check_topic(&self.topic)?;
+        if self.topic.is_empty() && self.properties.topic_alias.is_none() {
+            return Err(Error::InvalidTopicName(String::new()));
+        }
         let id_len = match (self.qos, self.packet_id) {
             (QoS::AtMostOnce, None) => 0,
             (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,

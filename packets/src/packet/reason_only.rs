@@ -32,7 +32,7 @@ macro_rules! reason_only_packet {
                 }
             }
 
-            pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, Error> {
+            pub(crate) fn read(r: &mut Reader) -> Result<Self, Error> {
                 let reason_code = match r.remaining() {
                     0 => $code::default(),
                     _ => $code::try_from(r.u8("reason code")?)?,

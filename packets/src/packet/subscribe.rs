@@ -27,8 +27,8 @@ impl Subscription {
     }
 
     fn check(&self) -> Result<(), Error> {
-        topic::validate_topic_filter(&self.filter)?;
-        if self.options.no_local && topic::split_shared(&self.filter)?.is_some() {
+        let shared = topic::check_filter(&self.filter)?;
+        if self.options.no_local && shared {
             return Err(Error::NoLocalOnSharedSubscription(self.filter.to_string()));
         }
         Ok(())
@@ -47,7 +47,7 @@ pub struct Subscribe {
 }
 
 impl Subscribe {
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Subscribe, Error> {
+    pub(crate) fn read(r: &mut Reader) -> Result<Subscribe, Error> {
         let packet_id = read_packet_id(r, "SUBSCRIBE")?;
         let properties = SubscribeProperties::read(r)?;
         let mut subscriptions = Vec::new();
@@ -112,7 +112,7 @@ pub struct SubAck {
 }
 
 impl SubAck {
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<SubAck, Error> {
+    pub(crate) fn read(r: &mut Reader) -> Result<SubAck, Error> {
         let packet_id = read_packet_id(r, "SUBACK")?;
         let properties = SubAckProperties::read(r)?;
         let mut reason_codes = Vec::with_capacity(r.remaining());

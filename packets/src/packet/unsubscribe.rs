@@ -20,7 +20,7 @@ pub struct Unsubscribe {
 }
 
 impl Unsubscribe {
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Unsubscribe, Error> {
+    pub(crate) fn read(r: &mut Reader) -> Result<Unsubscribe, Error> {
         let packet_id = read_packet_id(r, "UNSUBSCRIBE")?;
         let properties = UnsubscribeProperties::read(r)?;
         let mut filters = Vec::new();
@@ -82,7 +82,7 @@ pub struct UnsubAck {
 }
 
 impl UnsubAck {
-    pub(crate) fn read(r: &mut Reader<'_>) -> Result<UnsubAck, Error> {
+    pub(crate) fn read(r: &mut Reader) -> Result<UnsubAck, Error> {
         let packet_id = read_packet_id(r, "UNSUBACK")?;
         let properties = SubAckProperties::read(r)?;
         let mut reason_codes = Vec::with_capacity(r.remaining());
