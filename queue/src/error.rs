@@ -52,6 +52,12 @@ pub enum Error {
     /// the queue refuses further work; reopen it to recover from what is on disk.
     #[error("the queue failed earlier and must be reopened: {0}")]
     Failed(String),
+    /// This process already has a [`FileQueue`](crate::FileQueue) open on the directory.
+    #[error("queue directory {} is already open in this process", dir.display())]
+    AlreadyOpen {
+        /// The directory, canonicalised.
+        dir: std::path::PathBuf,
+    },
     /// The queue's I/O thread has stopped (the queue is closing or the thread could not start).
     #[error("the queue's I/O thread has stopped")]
     Closed,

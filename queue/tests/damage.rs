@@ -48,8 +48,10 @@ fn segments(dir: &std::path::Path) -> Vec<PathBuf> {
     v
 }
 
-fn apply(dir: &std::path::Path, d: &Damage) {
+/// Applies the damage; returns true if it truncated the newest segment.
+fn apply(dir: &std::path::Path, d: &Damage) -> bool {
     let segs = segments(dir);
+    let newest = |i: usize| i % segs.len() == segs.len() - 1;
     let pick = |i: usize| segs[i % segs.len()].clone();
     match d {
         Damage::Flip { file, at, mask } => {
@@ -66,6 +68,7 @@ fn apply(dir: &std::path::Path, d: &Damage) {
             let len = fs::metadata(&p).unwrap().len();
             let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
             f.set_len(((len as f64) * keep) as u64).unwrap();
+            return newest(*file);
         }
         Damage::Append { file, bytes } => {
             let p = pick(*file);
@@ -74,6 +77,7 @@ fn apply(dir: &std::path::Path, d: &Damage) {
             fs::write(&p, data).unwrap();
         }
     }
+    false
 }
 
 fn run(n: u64, removed: u64, damages: &[Damage]) {
@@ -108,8 +112,9 @@ fn run(n: u64, removed: u64, damages: &[Damage]) {
             }
             q.close().await.unwrap();
         }
+        let mut cut_newest = false;
         for d in damages {
-            apply(dir, d);
+            cut_newest |= apply(dir, d);
         }
 
         let q = FileQueue::builder(dir)
@@ -147,11 +152,16 @@ fn run(n: u64, removed: u64, damages: &[Damage]) {
             .chain(late_reports.iter())
             .filter(|r| matches!(r, Report::Quarantined { .. } | Report::Missing { .. }))
             .count();
-        if lost > 0 {
-            assert!(
-                quarantines > 0 || !FileQueue::read_quarantine(dir).unwrap().is_empty(),
-                "{lost} entries lost without a report"
-            );
+        if lost > 0 && quarantines == 0 && FileQueue::read_quarantine(dir).unwrap().is_empty() {
+            // The one undetectable loss: the newest segment cut exactly at a record boundary
+            // looks like writes that never happened (only a filesystem that loses fsync'd data
+            // can do it). Then the lost entries are the newest ones.
+            let newest_got = got.iter().map(|(s, _, _)| *s).max().unwrap_or(0);
+            let suffix = original
+                .keys()
+                .filter(|s| !got.iter().any(|(g, _, _)| g == *s))
+                .all(|s| *s > newest_got);
+            assert!(cut_newest && suffix, "{lost} entries lost without a report");
         }
         // The repaired queue keeps working and reopens cleanly.
         q.enqueue(Bytes::from_static(b"after"), UNIX_EPOCH)

@@ -508,3 +508,19 @@ async fn dropped_finish_after_first_poll_still_removes() {
     assert_eq!(q.len(), 1);
     assert_eq!(q.peek().unwrap().unwrap().payload(), &payload(1));
 }
+
+#[tokio::test]
+async fn a_directory_opens_once_per_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = open(tmp.path()).await;
+    let err = FileQueue::builder(tmp.path().join("."))
+        .open()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyOpen { .. }), "{err:?}");
+    q.close().await.unwrap();
+    // Released once the first queue is closed (and likewise when it is dropped).
+    let q = open(tmp.path()).await;
+    drop(q);
+    open(tmp.path()).await;
+}

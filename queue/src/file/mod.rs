@@ -6,6 +6,7 @@
 //! that the worker updates after each committed batch.
 
 mod format;
+mod guard;
 mod recovery;
 mod scan;
 mod worker;
@@ -107,7 +108,8 @@ impl Shared {
 /// - Segments are deleted once every entry in them is consumed.
 /// - Opening reads and checks every record once; damage is quarantined and reported via
 ///   [`Queue::take_reports`], never returned as data.
-/// - One process at a time: the directory is not locked against a second opener.
+/// - One opener at a time: a second open in the same process fails with
+///   [`Error::AlreadyOpen`]; across processes the directory is not locked.
 ///
 /// Dropping the queue stops its I/O thread and waits for it (at most one batch, plus an fsync
 /// of lazy removals); in async code prefer [`FileQueue::close`].

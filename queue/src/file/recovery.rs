@@ -19,6 +19,7 @@ impl Worker {
     /// (entries, head, reports of any damage) has been published.
     pub(crate) fn recover(&mut self) -> Result<()> {
         fs::create_dir_all(&self.cfg.dir).map_err(Error::io("creating the queue directory"))?;
+        self.guard = Some(super::guard::DirGuard::acquire(&self.cfg.dir)?);
         let found = self.list_segments()?;
         if found.is_empty() {
             self.create_segment(1)?;

@@ -105,6 +105,8 @@ pub(crate) struct Worker {
     pub(crate) failed: Option<String>,
     pub(crate) pending: Pending,
     pub(crate) fsync: FsyncGate,
+    /// This worker's claim on the directory, released when the thread ends.
+    pub(crate) guard: Option<super::guard::DirGuard>,
     /// The error that failed the current batch, for the callers in that batch.
     batch_error: Option<(&'static str, std::io::ErrorKind, String)>,
 }
@@ -179,6 +181,7 @@ impl Worker {
             failed: None,
             pending: Pending::default(),
             batch_error: None,
+            guard: None,
             fsync: FsyncGate {
                 #[cfg(test)]
                 fail_after: cfg.fail_fsync_after,
