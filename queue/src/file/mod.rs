@@ -203,7 +203,12 @@ impl FileQueueBuilder {
                         ready_tx.send(Ok(()));
                         worker.run(rx);
                     }
-                    Err(e) => ready_tx.send(Err(e)),
+                    Err(e) => {
+                        // Release the directory (and every handle) before answering, so a
+                        // caller that retries at once does not see `AlreadyOpen`.
+                        drop(worker);
+                        ready_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(Error::io("spawning the queue's I/O thread"))?;
