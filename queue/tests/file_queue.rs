@@ -155,7 +155,7 @@ async fn consumed_segments_are_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_enqueuers_share_fsyncs() {
+async fn concurrent_enqueuers_all_land() {
     let tmp = tempfile::tempdir().unwrap();
     let q = Arc::new(open(tmp.path()).await);
     let producers = 16;
@@ -175,12 +175,11 @@ async fn concurrent_enqueuers_share_fsyncs() {
     let s = q.stats();
     let entries = producers * per;
     assert_eq!(s.enqueued, entries);
-    // Without group commit there would be one fsync per entry.
-    assert!(
-        s.fsyncs * 2 <= entries,
-        "{} fsyncs for {entries} entries",
-        s.fsyncs
-    );
+    assert_eq!(q.len(), entries);
+    // How many share an fsync depends on how slow fsync is here (the deterministic check is
+    // the unit test `enqueues_waiting_behind_an_fsync_share_the_next_one`); never more than one
+    // per entry.
+    assert!(s.fsyncs <= entries, "{} fsyncs for {entries}", s.fsyncs);
 }
 
 #[tokio::test]

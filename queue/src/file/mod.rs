@@ -48,6 +48,9 @@ pub(crate) struct Config {
     /// Unit tests only: make the fsync after this many successful ones fail.
     #[cfg(test)]
     pub(crate) fail_fsync_after: Option<u64>,
+    /// Unit tests only: every fsync first takes (and releases) this lock.
+    #[cfg(test)]
+    pub(crate) pause_fsync: Option<Arc<Mutex<()>>>,
 }
 
 /// Requests from async callers to the I/O thread.
@@ -236,6 +239,8 @@ impl FileQueue {
                 sync_removals: true,
                 #[cfg(test)]
                 fail_fsync_after: None,
+                #[cfg(test)]
+                pause_fsync: None,
             },
         }
     }
@@ -544,6 +549,46 @@ mod tests {
                 assert_eq!(&e.payload()[..], &[i]);
                 q.finish(e, Finish::Remove).await.unwrap();
             }
+        });
+    }
+
+    /// Group commit, deterministically: hold the I/O thread inside the fsync of a first
+    /// enqueue, queue 15 more, release it. They must share at most one more fsync (without
+    /// group commit: 16 fsyncs).
+    #[test]
+    fn enqueues_waiting_behind_an_fsync_share_the_next_one() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pause = Arc::new(Mutex::new(()));
+            let mut b = FileQueue::builder(tmp.path());
+            b.cfg.pause_fsync = Some(Arc::clone(&pause));
+            let q = b.open().await.unwrap();
+            let before = q.stats().fsyncs;
+
+            let held = lock(&pause);
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut futures: Vec<_> = (0..16u8)
+                .map(|i| Box::pin(q.enqueue(Bytes::from(vec![i]), UNIX_EPOCH)))
+                .collect();
+            // The first poll of each hands its command to the I/O thread, which is (or soon
+            // will be) stuck in the first batch's fsync.
+            for f in &mut futures {
+                assert!(f.as_mut().poll(&mut cx).is_pending());
+            }
+            drop(held);
+            let mut seqs = Vec::new();
+            for f in futures {
+                seqs.push(f.await.unwrap().seq());
+            }
+            assert_eq!(seqs, (1..=16).collect::<Vec<u64>>());
+            let fsyncs = q.stats().fsyncs - before;
+            assert!(fsyncs <= 2, "{fsyncs} fsyncs for 16 enqueues");
         });
     }
 

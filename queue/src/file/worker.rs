@@ -131,10 +131,17 @@ pub(crate) struct FsyncGate {
     /// Successful fsyncs left before an injected failure.
     #[cfg(test)]
     pub(crate) fail_after: Option<u64>,
+    /// Every fsync waits for this lock, so a test can hold the I/O thread inside an fsync.
+    #[cfg(test)]
+    pub(crate) pause: Option<Arc<Mutex<()>>>,
 }
 
 impl FsyncGate {
     fn check(&mut self, op: &'static str) -> Result<()> {
+        #[cfg(test)]
+        if let Some(p) = &self.pause {
+            drop(lock(p));
+        }
         #[cfg(test)]
         if let Some(n) = &mut self.fail_after {
             if *n == 0 {
@@ -185,6 +192,8 @@ impl Worker {
             fsync: FsyncGate {
                 #[cfg(test)]
                 fail_after: cfg.fail_fsync_after,
+                #[cfg(test)]
+                pause: cfg.pause_fsync.clone(),
             },
             cfg,
         }
