@@ -32,7 +32,8 @@
 //! - `memory`: [`MemoryQueue`].
 //! - `file`: [`FileQueue`] and its builder; inside it `format` (the on-disk record layout),
 //!   `scan` (parsing a segment and resynchronising after damage), `worker` (the I/O thread:
-//!   group commit, head loading, quarantine, segment rolling and reclaiming), `recovery`
+//!   group commit, head loading, quarantine, segment rolling and reclaiming), `reader`
+//!   (buffered, read-ahead reading of head records), `recovery`
 //!   (opening a directory) and `guard` (one opener per directory in a process).
 //! - `wait` and `oneshot`: small runtime-agnostic waiting primitives (no async runtime needed).
 //!

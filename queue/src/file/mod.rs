@@ -7,6 +7,7 @@
 
 mod format;
 mod guard;
+mod reader;
 mod recovery;
 mod scan;
 mod worker;

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ use super::format::{
     decode_record_header, encode_file_header, encode_record, Kind, FILE_HEADER_LEN,
     QUARANTINE_MAGIC, RECORD_HEADER_LEN, SEGMENT_MAGIC, UNKNOWN_SEQ,
 };
+use super::reader::SegmentReader;
 use super::{Command, Config, Shared, QUARANTINE_FILE};
 use crate::entry::{Dropped, Enqueued, Entry, QuarantineReason, Report};
 use crate::error::{Error, Result};
@@ -91,7 +92,7 @@ pub(crate) struct Worker {
     /// Write handle of the newest segment.
     pub(crate) active: Option<File>,
     /// Read handle (segment base, file) used to load the head.
-    pub(crate) reader: Option<(u64, File)>,
+    pub(crate) reader: Option<SegmentReader>,
     pub(crate) quarantine: Option<File>,
     pub(crate) index: VecDeque<Slot>,
     pub(crate) live_bytes: u64,
@@ -486,7 +487,11 @@ impl Worker {
             let Some(seg) = self.segments.pop_front() else {
                 break;
             };
-            if self.reader.as_ref().is_some_and(|(b, _)| *b == seg.base) {
+            if self
+                .reader
+                .as_ref()
+                .is_some_and(|r| r.segment() == seg.base)
+            {
                 self.reader = None;
             }
             match fs::remove_file(&seg.path) {
@@ -538,25 +543,24 @@ impl Worker {
         Ok(())
     }
 
-    fn reader_for(&mut self, segment: u64) -> Result<&mut File> {
-        if self.reader.as_ref().is_none_or(|(b, _)| *b != segment) {
+    fn reader_for(&mut self, segment: u64) -> Result<&mut SegmentReader> {
+        if self.reader.as_ref().is_none_or(|r| r.segment() != segment) {
             let path = segment_path(&self.cfg.dir, segment);
-            let file = File::open(path).map_err(Error::io("opening a segment for reading"))?;
-            self.reader = Some((segment, file));
+            let reader = SegmentReader::open(&path, segment)
+                .map_err(Error::io("opening a segment for reading"))?;
+            self.reader = Some(reader);
         }
         match &mut self.reader {
-            Some((_, f)) => Ok(f),
+            Some(r) => Ok(r),
             None => Err(Error::Failed("segment reader missing".into())),
         }
     }
 
     /// Reads the record at `slot`. `Ok(None)` if its header or payload does not match.
     fn read_verified(&mut self, slot: &Slot) -> Result<Option<Bytes>> {
-        let f = self.reader_for(slot.segment)?;
-        f.seek(SeekFrom::Start(slot.offset))
-            .map_err(Error::io("seeking to the head"))?;
+        let r = self.reader_for(slot.segment)?;
         let mut h = [0u8; RECORD_HEADER_LEN];
-        f.read_exact(&mut h)
+        r.read_exact_at(slot.offset, &mut h)
             .map_err(Error::io("reading the head record"))?;
         let Some(header) = decode_record_header(&h) else {
             return Ok(None);
@@ -567,7 +571,7 @@ impl Worker {
         // `slot.len` came from a checksummed header that fit in the file, or from our own
         // append, and is at most MAX_ENTRY_BYTES: safe to allocate.
         let mut payload = vec![0u8; slot.len as usize];
-        f.read_exact(&mut payload)
+        r.read_exact_at(slot.offset + RECORD_HEADER_LEN as u64, &mut payload)
             .map_err(Error::io("reading the head payload"))?;
         if crc32fast::hash(&payload) != header.data_crc {
             return Ok(None);
@@ -578,14 +582,9 @@ impl Worker {
     /// Reads the payload bytes at `slot` as stored, without verifying them (for quarantine).
     fn read_raw(&mut self, slot: &Slot) -> Result<Vec<u8>> {
         self.flush_buf()?;
-        let f = self.reader_for(slot.segment)?;
-        f.seek(SeekFrom::Start(slot.offset + RECORD_HEADER_LEN as u64))
-            .map_err(Error::io("seeking to a record"))?;
-        let mut payload = Vec::new();
-        f.take(u64::from(slot.len))
-            .read_to_end(&mut payload)
-            .map_err(Error::io("reading a record"))?;
-        Ok(payload)
+        let r = self.reader_for(slot.segment)?;
+        r.read_up_to_at(slot.offset + RECORD_HEADER_LEN as u64, u64::from(slot.len))
+            .map_err(Error::io("reading a record"))
     }
 
     /// Appends `data` to the quarantine file and fsyncs it, then reports it. Called before the
