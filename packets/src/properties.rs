@@ -282,6 +282,9 @@ macro_rules! properties {
             /// [`Self::body_len`].
             pub(crate) fn put(&self, body_len: usize, buf: &mut BytesMut) {
                 wire::put_varint(buf, body_len);
+                if body_len == 0 {
+                    return;
+                }
                 $( if let Some(v) = &self.$field { buf.put_u8($id); <$kind as Kind>::put(v, buf); } )*
                 $( for v in &self.$rfield { buf.put_u8($rid); <$rkind as Kind>::put(v, buf); } )?
                 put_user_properties(&self.user_properties, buf);

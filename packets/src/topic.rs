@@ -21,29 +21,30 @@ pub(crate) fn scan(b: &[u8]) -> u8 {
     fn zero_lanes(w: u64) -> u64 {
         w.wrapping_sub(LO) & !w & HI
     }
-    let mut high = 0u64;
-    let mut nul = 0u64;
-    let mut wild = 0u64;
-    let mut words = b.chunks_exact(8);
-    for chunk in &mut words {
+    if b.len() < 8 {
+        return scan_bytes(b);
+    }
+    let word = |chunk: &[u8]| {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(bytes);
+        u64::from_le_bytes(bytes)
+    };
+    let (mut high, mut nul, mut wild) = (0u64, 0u64, 0u64);
+    let mut add = |w: u64| {
         high |= w & HI;
         nul |= zero_lanes(w);
         wild |= zero_lanes(w ^ (LO * u64::from(b'+'))) | zero_lanes(w ^ (LO * u64::from(b'#')));
+    };
+    let mut words = b.chunks_exact(8);
+    for chunk in &mut words {
+        add(word(chunk));
     }
-    let mut acc = 0u8;
-    if high != 0 {
-        acc |= NON_ASCII;
+    if !words.remainder().is_empty() {
+        // The last eight bytes, overlapping bytes already seen: flags are an OR, so reading
+        // a byte twice is harmless and saves a byte-by-byte tail.
+        add(word(&b[b.len() - 8..]));
     }
-    if nul != 0 {
-        acc |= NUL;
-    }
-    if wild != 0 {
-        acc |= WILDCARD;
-    }
-    acc | scan_bytes(words.remainder())
+    (u8::from(high != 0) * NON_ASCII) | (u8::from(nul != 0) * NUL) | (u8::from(wild != 0) * WILDCARD)
 }
 
 #[inline]

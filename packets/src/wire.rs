@@ -25,6 +25,10 @@ pub(crate) fn varint_len(v: usize) -> usize {
 /// Writes a variable byte integer; the caller has checked `v <= VARINT_MAX`.
 #[inline]
 pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
+    if v < 128 {
+        buf.put_u8(v as u8);
+        return;
+    }
     loop {
         let mut byte = (v % 128) as u8;
         v /= 128;

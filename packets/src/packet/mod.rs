@@ -332,6 +332,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: u32) -> Result<Option<Packet>
     decode_body(ptype, first, frame, 1 + n).map(Some)
 }
 
+#[inline]
 fn decode_body(ptype: PacketType, first: u8, frame: Bytes, header: usize) -> Result<Packet, Error> {
     let mut r = Reader::new(frame, header);
     let packet = match ptype {

@@ -44,6 +44,7 @@ pub struct Publish {
 }
 
 impl Publish {
+    #[inline]
     pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, Error> {
         let dup = flags & 0b1000 != 0;
         let qos = QoS::try_from((flags >> 1) & 0b11)?;
