@@ -86,37 +86,35 @@ pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, Error> {
 /// Checks a topic filter for SUBSCRIBE/UNSUBSCRIBE: non-empty, `+` alone in its level, `#`
 /// alone in the last level, and a well-formed `$share/{group}/` prefix if there is one.
 pub fn validate_topic_filter(filter: &str) -> Result<(), Error> {
-    check_filter(filter).map(|_| ())
+    check_filter(filter, scan(filter.as_bytes()) & WILDCARD != 0).map(|_| ())
 }
 
-/// Like [`validate_topic_filter`], and says whether the filter is a shared subscription.
-pub(crate) fn check_filter(filter: &str) -> Result<bool, Error> {
+/// Like [`validate_topic_filter`] for a filter whose wildcard flag is already known (an
+/// [`crate::MqttString`] carries it), and says whether the filter is a shared subscription.
+pub(crate) fn check_filter(filter: &str, has_wildcard: bool) -> Result<bool, Error> {
     let (shared, inner) = match split_shared(filter)? {
         Some((_, inner)) => (true, inner),
         None => (false, filter),
     };
-    if !filter_shape_ok(inner.as_bytes()) {
+    // Without wildcards any non-empty filter is well-formed; only wildcards need a look.
+    if inner.is_empty() || (has_wildcard && !wildcards_placed_well(inner.as_bytes())) {
         return Err(Error::InvalidTopicFilter(filter.to_owned()));
     }
     Ok(shared)
 }
 
-fn filter_shape_ok(f: &[u8]) -> bool {
-    if f.is_empty() {
-        return false;
-    }
-    let mut level_start = 0;
-    for (i, &c) in f.iter().enumerate() {
+fn wildcards_placed_well(f: &[u8]) -> bool {
+    f.iter().enumerate().all(|(i, &c)| {
+        let starts_level = i == 0 || f[i - 1] == b'/';
+        let ends = i + 1 == f.len();
         match c {
-            b'/' => level_start = i + 1,
-            // `+` must fill its level: start it, and be followed by `/` or the end.
-            b'+' if i != level_start || f.get(i + 1).is_some_and(|&n| n != b'/') => return false,
+            // `+` must fill its level.
+            b'+' => starts_level && (ends || f[i + 1] == b'/'),
             // `#` must fill the last level.
-            b'#' if i != level_start || i + 1 != f.len() => return false,
-            _ => {}
+            b'#' => starts_level && ends,
+            _ => true,
         }
-    }
-    true
+    })
 }
 
 /// True when `topic` (a topic name) matches `filter` (a valid topic filter, not shared).

@@ -27,7 +27,7 @@ impl Subscription {
     }
 
     fn check(&self) -> Result<(), Error> {
-        let shared = topic::check_filter(&self.filter)?;
+        let shared = topic::check_filter(&self.filter, self.filter.has_wildcard())?;
         if self.options.no_local && shared {
             return Err(Error::NoLocalOnSharedSubscription(self.filter.to_string()));
         }

@@ -26,7 +26,7 @@ impl Unsubscribe {
         let mut filters = Vec::new();
         while r.remaining() > 0 {
             let f = r.string("topic filter")?;
-            topic::validate_topic_filter(&f)?;
+            topic::check_filter(&f, f.has_wildcard())?;
             filters.push(f);
         }
         if filters.is_empty() {
@@ -51,7 +51,7 @@ impl Body for Unsubscribe {
         let mut n = 2 + wire::varint_len(props) + props;
         for f in &self.filters {
             wire::check_str(f)?;
-            topic::validate_topic_filter(f)?;
+            topic::check_filter(f, f.has_wildcard())?;
             n += 2 + f.len();
         }
         Ok(Sizes {
