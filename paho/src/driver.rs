@@ -1,0 +1,736 @@
+//! The connection's task: the only place with a `select!` over the socket, the handles'
+//! commands, the store and the keepalive timer. It feeds the session engine and carries out
+//! its actions in order.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
+use paho_packets::{
+    decode, Auth, AuthProperties, AuthReasonCode, Disconnect, DisconnectReasonCode, MqttString,
+    Packet, QoS, MAX_PACKET_SIZE,
+};
+use paho_session::{AckToken, Action, Delivery, PublishCompletion, Store};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, watch, OwnedMutexGuard};
+use tokio::time::{Instant, Sleep};
+
+use crate::alias;
+use crate::auth::Authenticator;
+use crate::client::{Command, Reply, Shared};
+use crate::keepalive::{Due, KeepAlive};
+use crate::message::Delivered;
+use crate::options::ConnectOptions;
+use crate::session_handle::SessionState;
+use crate::Error;
+
+/// Stop taking new commands while this much is waiting to be written (the socket is slow).
+const WRITE_HIGH_WATER: usize = 1 << 20;
+/// How long the closing DISCONNECT may take to write.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commands handled per wake-up before the socket gets a turn.
+const COMMAND_BATCH: usize = 64;
+
+type StoreFuture = Pin<Box<dyn Future<Output = Result<(), paho_session::Error>> + Send>>;
+
+/// A send or delivery waiting for the store operations before it.
+enum Held {
+    Send(Packet, Option<Reply<Option<PublishCompletion>>>),
+    Deliver(Delivery),
+}
+
+enum Flow {
+    Continue,
+    /// The client asked to close; the DISCONNECT is in the write buffer.
+    Stop,
+}
+
+enum Event {
+    Stored(Option<Result<(), paho_session::Error>>),
+    Wrote(std::io::Result<usize>),
+    Flushed(std::io::Result<()>),
+    Read(std::io::Result<usize>),
+    Command(Option<Command>),
+    Timer,
+}
+
+pub(crate) struct Driver<T, S: Store> {
+    state: OwnedMutexGuard<SessionState<S>>,
+    rd: ReadHalf<T>,
+    wr: WriteHalf<T>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    needs_flush: bool,
+    /// Bytes put into `wbuf` and bytes written, since the start.
+    queued: u64,
+    written: u64,
+    /// QoS 0 publishers waiting until their bytes are written.
+    qos0_waiters: VecDeque<(u64, Reply<Option<PublishCompletion>>)>,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    weak_tx: mpsc::WeakUnboundedSender<Command>,
+    deliver: Option<mpsc::UnboundedSender<Delivered>>,
+    /// Tokens to ack because nobody takes deliveries any more.
+    orphan_acks: Vec<AckToken>,
+    stores: FuturesOrdered<StoreFuture>,
+    stores_started: u64,
+    stores_done: u64,
+    held: VecDeque<(u64, Held)>,
+    keepalive: KeepAlive,
+    timer: Pin<Box<Sleep>>,
+    in_aliases: alias::Inbound,
+    out_aliases: alias::Outbound,
+    max_in: u32,
+    max_out: u32,
+    receive_max: u16,
+    strict: bool,
+    overshoot_warned: bool,
+    auth: Option<Arc<Mutex<dyn Authenticator>>>,
+    auth_method: Option<MqttString>,
+    reauth: Option<Reply<()>>,
+    disconnect_replies: Vec<oneshot::Sender<()>>,
+    closed_tx: watch::Sender<Option<Result<(), Error>>>,
+}
+
+impl<T, S> Driver<T, S>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Store,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        state: OwnedMutexGuard<SessionState<S>>,
+        rd: ReadHalf<T>,
+        wr: WriteHalf<T>,
+        rbuf: BytesMut,
+        cmds: mpsc::UnboundedReceiver<Command>,
+        weak_tx: mpsc::WeakUnboundedSender<Command>,
+        deliver: mpsc::UnboundedSender<Delivered>,
+        closed_tx: watch::Sender<Option<Result<(), Error>>>,
+        o: &ConnectOptions,
+        shared: &Shared,
+    ) -> Self {
+        let now = Instant::now();
+        let auth_method = o
+            .authenticator
+            .as_ref()
+            .and_then(|a| a.lock().ok().map(|a| MqttString::from(a.method())));
+        Driver {
+            state,
+            rd,
+            wr,
+            rbuf,
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            needs_flush: false,
+            queued: 0,
+            written: 0,
+            qos0_waiters: VecDeque::new(),
+            cmds,
+            weak_tx,
+            deliver: Some(deliver),
+            orphan_acks: Vec::new(),
+            stores: FuturesOrdered::new(),
+            stores_started: 0,
+            stores_done: 0,
+            held: VecDeque::new(),
+            keepalive: KeepAlive::new(shared.keep_alive, now),
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            in_aliases: alias::Inbound::new(o.topic_alias_maximum),
+            out_aliases: alias::Outbound::new(
+                o.outbound_topic_aliases
+                    .min(shared.caps.topic_alias_maximum()),
+            ),
+            max_in: o.maximum_packet_size.unwrap_or(MAX_PACKET_SIZE),
+            max_out: shared.caps.maximum_packet_size().unwrap_or(MAX_PACKET_SIZE),
+            receive_max: o.receive_maximum,
+            strict: o.strict_receive_maximum,
+            overshoot_warned: false,
+            auth: o.authenticator.clone(),
+            auth_method,
+            reauth: None,
+            disconnect_replies: Vec::new(),
+            closed_tx,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let result = self.run_inner().await;
+        self.finish(result).await;
+    }
+
+    async fn run_inner(&mut self) -> Result<(), Error> {
+        // What on_connack queued (resends), then any packets that followed CONNACK.
+        self.drain(None)?;
+        self.parse()?;
+        loop {
+            self.settle_orphans()?;
+            let deadline = self.keepalive.deadline();
+            if let Some(d) = deadline {
+                if self.timer.deadline() != d {
+                    self.timer.as_mut().reset(d);
+                }
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            let want_commands = self.wbuf.len() < WRITE_HIGH_WATER;
+            let Driver {
+                rd,
+                wr,
+                rbuf,
+                wbuf,
+                needs_flush,
+                cmds,
+                stores,
+                timer,
+                ..
+            } = self;
+            let event = tokio::select! {
+                biased;
+                r = stores.next(), if !stores.is_empty() => Event::Stored(r),
+                // Both cancel safe: a cancelled write wrote nothing; a flush can start over.
+                e = async {
+                    if wbuf.is_empty() {
+                        Event::Flushed(wr.flush().await)
+                    } else {
+                        Event::Wrote(wr.write(&wbuf[..]).await)
+                    }
+                }, if !wbuf.is_empty() || *needs_flush => e,
+                r = rd.read_buf(rbuf) => Event::Read(r),
+                c = cmds.recv(), if want_commands => Event::Command(c),
+                () = timer.as_mut(), if deadline.is_some() => Event::Timer,
+            };
+            match event {
+                Event::Stored(None) => {}
+                Event::Stored(Some(r)) => {
+                    self.store_done(r)?;
+                    self.release()?;
+                }
+                Event::Wrote(Ok(0)) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
+                }
+                Event::Wrote(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    self.written += n as u64;
+                    self.needs_flush = true;
+                    while self
+                        .qos0_waiters
+                        .front()
+                        .is_some_and(|(mark, _)| *mark <= self.written)
+                    {
+                        if let Some((_, w)) = self.qos0_waiters.pop_front() {
+                            let _ = w.send(Ok(None));
+                        }
+                    }
+                }
+                Event::Wrote(Err(e)) | Event::Flushed(Err(e)) | Event::Read(Err(e)) => {
+                    return Err(e.into())
+                }
+                Event::Flushed(Ok(())) => self.needs_flush = false,
+                Event::Read(Ok(0)) => return Err(Error::ConnectionClosed),
+                Event::Read(Ok(_)) => {
+                    self.keepalive.received(Instant::now());
+                    self.parse()?;
+                }
+                Event::Command(None) => {
+                    tracing::debug!("every client handle dropped; disconnecting");
+                    self.put(&Packet::Disconnect(Disconnect::new(
+                        DisconnectReasonCode::NormalDisconnection,
+                    )))?;
+                    return Ok(());
+                }
+                Event::Command(Some(c)) => {
+                    if let Flow::Stop = self.command(c)? {
+                        return Ok(());
+                    }
+                    for _ in 0..COMMAND_BATCH {
+                        let Ok(c) = self.cmds.try_recv() else { break };
+                        if let Flow::Stop = self.command(c)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                Event::Timer => match self.keepalive.poll(Instant::now()) {
+                    Due::Nothing => {}
+                    Due::Ping => {
+                        tracing::trace!("PINGREQ");
+                        self.put(&Packet::PingReq)?;
+                    }
+                    Due::Dead => return Err(Error::KeepAliveTimeout),
+                },
+            }
+        }
+    }
+
+    // ----- commands ---------------------------------------------------------------------
+
+    fn command(&mut self, c: Command) -> Result<Flow, Error> {
+        match c {
+            Command::Publish { publish, reply } => {
+                let qos = publish.qos;
+                tracing::trace!(topic = %publish.topic, ?qos, "publish requested");
+                match self.state.session.publish(publish) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                    Ok(completion) if qos == QoS::AtMostOnce => {
+                        drop(completion);
+                        self.drain(Some(reply))?;
+                    }
+                    Ok(completion) => {
+                        // If the caller is gone, the dropped completion withdraws a message
+                        // still waiting for quota; a stored one goes on regardless.
+                        let _ = reply.send(Ok(Some(completion)));
+                        self.drain(None)?;
+                    }
+                }
+            }
+            Command::Subscribe { subscribe, reply } => {
+                let r = self.state.session.subscribe(subscribe).map_err(Error::from);
+                let _ = reply.send(r);
+                self.drain(None)?;
+            }
+            Command::Unsubscribe { unsubscribe, reply } => {
+                let r = self
+                    .state
+                    .session
+                    .unsubscribe(unsubscribe)
+                    .map_err(Error::from);
+                let _ = reply.send(r);
+                self.drain(None)?;
+            }
+            Command::Ack(token) => {
+                if self.state.session.ack(token).is_err() {
+                    tracing::debug!(id = token.packet_id().get(), "stale ack ignored");
+                }
+                self.drain(None)?;
+            }
+            Command::Reauthenticate { reply } => self.start_reauth(reply)?,
+            Command::Disconnect { disconnect, reply } => {
+                if let Some(secs) = disconnect.properties.session_expiry_interval {
+                    self.state.session.set_session_expiry_interval(secs);
+                }
+                tracing::debug!(reason = disconnect.reason_code.as_u8(), "disconnecting");
+                self.put(&Packet::Disconnect(disconnect))?;
+                self.disconnect_replies.push(reply);
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn start_reauth(&mut self, reply: Reply<()>) -> Result<(), Error> {
+        let (Some(auth), Some(method)) = (&self.auth, &self.auth_method) else {
+            let _ = reply.send(Err(Error::InvalidArgument(
+                "re-authentication needs an authenticator in the connect options",
+            )));
+            return Ok(());
+        };
+        if self.reauth.is_some() {
+            let _ = reply.send(Err(Error::InvalidArgument(
+                "a re-authentication is already in progress",
+            )));
+            return Ok(());
+        }
+        let data = auth
+            .lock()
+            .map_err(|_| Error::Auth("the authenticator panicked earlier".into()))
+            .and_then(|mut a| a.initial_data(true));
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return Ok(());
+            }
+        };
+        let packet = Packet::Auth(Auth {
+            reason_code: AuthReasonCode::ReAuthenticate,
+            properties: AuthProperties {
+                authentication_method: Some(method.clone()),
+                authentication_data: data,
+                ..Default::default()
+            },
+        });
+        tracing::debug!("re-authenticating");
+        self.reauth = Some(reply);
+        self.put(&packet)
+    }
+
+    // ----- the engine's actions -----------------------------------------------------------
+
+    /// Carries out the engine's actions in order. Store operations are started at once (so
+    /// several share one fsync); a send or delivery waits until every store operation before
+    /// it has completed. `qos0` is the waiter of the QoS 0 publish this drain follows.
+    fn drain(&mut self, mut qos0: Option<Reply<Option<PublishCompletion>>>) -> Result<(), Error> {
+        while let Some(action) = self.state.session.poll_action() {
+            match action {
+                Action::Store(op) => {
+                    let fut = op.apply(&self.state.store);
+                    self.stores.push_back(Box::pin(fut));
+                    self.stores_started += 1;
+                }
+                Action::Send(p) => {
+                    let waiter = match &p {
+                        Packet::Publish(pb) if pb.qos == QoS::AtMostOnce => qos0.take(),
+                        _ => None,
+                    };
+                    self.hold_or_do(Held::Send(p, waiter))?;
+                }
+                Action::Deliver(d) => self.hold_or_do(Held::Deliver(d))?,
+                _ => {}
+            }
+        }
+        if let Some(w) = qos0 {
+            // The engine sent nothing (it cannot happen while connected); do not hang.
+            let _ = w.send(Ok(None));
+        }
+        // Memory stores (and an idle file store's fast path) finish at once: no need to wait
+        // for the next turn of the loop.
+        while !self.stores.is_empty() {
+            match self.stores.next().now_or_never() {
+                Some(Some(r)) => self.store_done(r)?,
+                _ => break,
+            }
+        }
+        self.release()
+    }
+
+    fn store_done(&mut self, r: Result<(), paho_session::Error>) -> Result<(), Error> {
+        match r {
+            Ok(()) => {
+                self.stores_done += 1;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session store failed; closing the connection");
+                self.state.session.fail_all(e.clone());
+                Err(e.into())
+            }
+        }
+    }
+
+    fn hold_or_do(&mut self, h: Held) -> Result<(), Error> {
+        if self.held.is_empty() && self.stores_done == self.stores_started {
+            self.carry_out(h)
+        } else {
+            self.held.push_back((self.stores_started, h));
+            Ok(())
+        }
+    }
+
+    /// Carries out the held sends and deliveries whose store operations have completed.
+    fn release(&mut self) -> Result<(), Error> {
+        while self
+            .held
+            .front()
+            .is_some_and(|(need, _)| *need <= self.stores_done)
+        {
+            if let Some((_, h)) = self.held.pop_front() {
+                self.carry_out(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, h: Held) -> Result<(), Error> {
+        match h {
+            Held::Send(mut p, waiter) => {
+                if let Packet::Publish(pb) = &mut p {
+                    self.out_aliases.apply(pb);
+                    tracing::trace!(
+                        id = pb.packet_id.map(|i| i.get()),
+                        qos = ?pb.qos,
+                        dup = pb.dup,
+                        alias = pb.properties.topic_alias,
+                        "PUBLISH out"
+                    );
+                } else {
+                    tracing::trace!(packet = p.packet_type().name(), "out");
+                }
+                match (self.put(&p), waiter) {
+                    (Ok(()), Some(w)) => self.qos0_waiters.push_back((self.queued, w)),
+                    (Ok(()), None) => {}
+                    (Err(e), Some(w)) => {
+                        // A QoS 0 message the codec refuses fails its caller only.
+                        let _ = w.send(Err(e));
+                    }
+                    (Err(e), None) => return Err(e),
+                }
+            }
+            Held::Deliver(d) => {
+                let (publish, token) = d.into_parts();
+                tracing::trace!(topic = %publish.topic, qos = ?publish.qos, "deliver");
+                let undelivered = match &self.deliver {
+                    Some(tx) => tx
+                        .send(Delivered { publish, token })
+                        .err()
+                        .map(|e| e.0.token),
+                    None => Some(token),
+                };
+                if let Some(Some(t)) = undelivered {
+                    // Nobody takes messages any more: acknowledge so the flow does not stall.
+                    self.orphan_acks.push(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn settle_orphans(&mut self) -> Result<(), Error> {
+        if self.orphan_acks.is_empty() {
+            return Ok(());
+        }
+        for t in std::mem::take(&mut self.orphan_acks) {
+            let _ = self.state.session.ack(t);
+        }
+        self.drain(None)
+    }
+
+    /// Encodes a packet into the write buffer, within the server's Maximum Packet Size.
+    fn put(&mut self, p: &Packet) -> Result<(), Error> {
+        let n = p.encode_with_max(&mut self.wbuf, self.max_out)?;
+        self.queued += n as u64;
+        self.keepalive.sent(Instant::now());
+        Ok(())
+    }
+
+    // ----- incoming -----------------------------------------------------------------------
+
+    fn parse(&mut self) -> Result<(), Error> {
+        loop {
+            match decode(&mut self.rbuf, self.max_in) {
+                Ok(None) => return Ok(()),
+                Ok(Some(p)) => self.packet(p)?,
+                Err(e) => {
+                    let reason = e.disconnect_reason().as_u8();
+                    return Err(Error::protocol(
+                        reason,
+                        format!("bad packet from the server: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn packet(&mut self, p: Packet) -> Result<(), Error> {
+        match p {
+            Packet::Publish(mut publish) => {
+                self.in_aliases.resolve(&mut publish)?;
+                let qos = publish.qos;
+                tracing::trace!(
+                    topic = %publish.topic,
+                    id = publish.packet_id.map(|i| i.get()),
+                    ?qos,
+                    dup = publish.dup,
+                    "PUBLISH in"
+                );
+                self.state.session.handle(Packet::Publish(publish))?;
+                if qos != QoS::AtMostOnce {
+                    self.check_receive_maximum()?;
+                }
+                self.drain(None)
+            }
+            p @ (Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)) => {
+                tracing::trace!(packet = p.packet_type().name(), "in");
+                self.state.session.handle(p)?;
+                self.drain(None)
+            }
+            Packet::PingResp => {
+                self.keepalive.pong();
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(Error::ServerDisconnected {
+                reason_code: d.reason_code.as_u8(),
+                reason_string: d.properties.reason_string.as_ref().map(|s| s.to_string()),
+                server_reference: d
+                    .properties
+                    .server_reference
+                    .as_ref()
+                    .map(|s| s.to_string()),
+            }),
+            Packet::Auth(a) => self.auth_packet(a),
+            other => Err(Error::protocol(
+                0x82,
+                format!("unexpected {} from the server", other.packet_type().name()),
+            )),
+        }
+    }
+
+    fn check_receive_maximum(&mut self) -> Result<(), Error> {
+        let n = self.state.session.inbound_in_flight();
+        if n <= usize::from(self.receive_max) {
+            return Ok(());
+        }
+        if self.strict {
+            return Err(Error::protocol(
+                0x93,
+                format!(
+                    "{n} unacknowledged QoS 1/2 messages exceed our Receive Maximum {}",
+                    self.receive_max
+                ),
+            ));
+        }
+        if !self.overshoot_warned {
+            self.overshoot_warned = true;
+            tracing::warn!(
+                unacknowledged = n,
+                receive_maximum = self.receive_max,
+                "the server exceeds our Receive Maximum; carrying on (strict_receive_maximum disconnects instead)"
+            );
+        }
+        Ok(())
+    }
+
+    fn auth_packet(&mut self, a: Auth) -> Result<(), Error> {
+        let (Some(auth), Some(method)) = (self.auth.clone(), self.auth_method.clone()) else {
+            return Err(Error::protocol(
+                0x82,
+                "AUTH without enhanced authentication",
+            ));
+        };
+        if self.reauth.is_none() {
+            return Err(Error::protocol(
+                0x82,
+                "AUTH without a re-authentication in progress",
+            ));
+        }
+        if a.properties.authentication_method.as_ref() != Some(&method) {
+            return Err(Error::protocol(
+                0x82,
+                "AUTH with another authentication method",
+            ));
+        }
+        let mut guard = auth
+            .lock()
+            .map_err(|_| Error::Auth("the authenticator panicked earlier".into()))?;
+        let data = a.properties.authentication_data.as_ref();
+        match a.reason_code {
+            AuthReasonCode::ContinueAuthentication => {
+                let answer = guard.challenge(data);
+                drop(guard);
+                match answer {
+                    Ok(d) => self.put(&Packet::Auth(Auth {
+                        reason_code: AuthReasonCode::ContinueAuthentication,
+                        properties: AuthProperties {
+                            authentication_method: Some(method),
+                            authentication_data: d,
+                            ..Default::default()
+                        },
+                    })),
+                    Err(e) => {
+                        if let Some(r) = self.reauth.take() {
+                            let _ = r.send(Err(e.clone()));
+                        }
+                        Err(Error::protocol(
+                            0x80,
+                            format!("authentication aborted: {e}"),
+                        ))
+                    }
+                }
+            }
+            AuthReasonCode::Success => {
+                let r = guard.success(data);
+                drop(guard);
+                tracing::debug!(ok = r.is_ok(), "re-authentication finished");
+                if let Some(reply) = self.reauth.take() {
+                    let _ = reply.send(r.clone());
+                }
+                r.map_err(|e| {
+                    Error::protocol(0x80, format!("the server failed authentication: {e}"))
+                })
+            }
+            _ => Err(Error::protocol(0x82, "AUTH 0x19 from the server")),
+        }
+    }
+
+    // ----- the end ------------------------------------------------------------------------
+
+    async fn finish(mut self, result: Result<(), Error>) {
+        match &result {
+            Ok(()) => tracing::info!("disconnected"),
+            Err(e) => tracing::warn!(error = %e, "connection closed"),
+        }
+        // Tell the server why, when we are the ones closing for a reason.
+        let reason = match &result {
+            Err(Error::Protocol { reason_code, .. }) => Some(*reason_code),
+            Err(Error::KeepAliveTimeout) => Some(0x8D),
+            Err(Error::Session(_)) => Some(0x80),
+            _ => None,
+        };
+        if let Some(code) = reason {
+            let code = DisconnectReasonCode::try_from(code)
+                .unwrap_or(DisconnectReasonCode::UnspecifiedError);
+            let _ = self.put(&Packet::Disconnect(Disconnect::new(code)));
+        }
+        let transport_ok = !matches!(&result, Err(Error::Io(_)) | Err(Error::ConnectionClosed));
+        if transport_ok {
+            let (wr, wbuf) = (&mut self.wr, &self.wbuf);
+            let out = async {
+                wr.write_all(wbuf).await?;
+                wr.shutdown().await
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, out).await {
+                tracing::debug!(error = %e, "could not write the closing packets");
+            }
+        }
+        let error = result.clone().err().unwrap_or(Error::ConnectionClosed);
+        self.state
+            .session
+            .on_connection_lost(Instant::now().into_std());
+        // Finish the store operations (a session with expiry 0 is reset now), dropping the
+        // sends and deliveries: what was stored is resent on the next connection, and the
+        // server redelivers what was not acknowledged.
+        while let Some(action) = self.state.session.poll_action() {
+            if let Action::Store(op) = action {
+                self.stores.push_back(Box::pin(op.apply(&self.state.store)));
+            }
+        }
+        while let Some(r) = self.stores.next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "session store failed while closing");
+                self.state.session.fail_all(e);
+            }
+        }
+        for (_, h) in self.held.drain(..) {
+            if let Held::Send(_, Some(w)) = h {
+                let _ = w.send(Err(error.clone()));
+            }
+        }
+        for (_, w) in self.qos0_waiters.drain(..) {
+            let _ = w.send(Err(error.clone()));
+        }
+        if let Some(r) = self.reauth.take() {
+            let _ = r.send(Err(error.clone()));
+        }
+        self.cmds.close();
+        while let Ok(c) = self.cmds.try_recv() {
+            c.fail(Error::ConnectionClosed);
+        }
+        let Driver {
+            state,
+            deliver,
+            closed_tx,
+            disconnect_replies,
+            weak_tx,
+            ..
+        } = self;
+        drop(weak_tx);
+        drop(deliver);
+        // Give the session back before anyone hears the connection closed, so that a
+        // reconnect waiting on `closed()` finds it free.
+        drop(state);
+        closed_tx.send_replace(Some(result));
+        for r in disconnect_replies {
+            let _ = r.send(());
+        }
+    }
+}

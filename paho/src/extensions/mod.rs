@@ -1,0 +1,3 @@
+//! Helpers built on the client: [`rpc`], request/response over MQTT v5.
+
+pub mod rpc;

@@ -1,0 +1,223 @@
+//! Received messages: [`Message`], the [`Incoming`] stream, and acknowledgement.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use paho_packets::{Publish, PublishProperties, QoS};
+use paho_session::AckToken;
+use tokio::sync::mpsc;
+
+use crate::client::Command;
+
+/// What became of an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckOutcome {
+    /// Handed to the connection. The PUBACK/PUBREC goes out once every message that arrived
+    /// before this one has been acknowledged (MQTT-4.6.0-2).
+    Accepted,
+    /// Nothing to acknowledge: a QoS 0 message, or the connection acknowledges automatically.
+    NotNeeded,
+    /// The connection this message arrived on has closed. Nothing is sent; this is not an
+    /// error: the server redelivers the message on the next connection of the session.
+    ConnectionClosed,
+}
+
+/// A message received from the server, with its topic always resolved (never an alias).
+pub struct Message {
+    publish: Publish,
+    ack: Option<(AckToken, mpsc::WeakUnboundedSender<Command>)>,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("topic", &self.publish.topic)
+            .field("qos", &self.publish.qos)
+            .field("retain", &self.publish.retain)
+            .field("dup", &self.publish.dup)
+            .field("payload_len", &self.publish.payload.len())
+            .field("manual_ack", &self.ack.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message {
+    pub(crate) fn new(
+        publish: Publish,
+        ack: Option<(AckToken, mpsc::WeakUnboundedSender<Command>)>,
+    ) -> Self {
+        Message { publish, ack }
+    }
+
+    /// A message built by hand (for testing handlers and routers); it has nothing to ack.
+    pub fn from_publish(publish: Publish) -> Self {
+        Message { publish, ack: None }
+    }
+
+    /// The topic name.
+    pub fn topic(&self) -> &str {
+        &self.publish.topic
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.publish.payload
+    }
+
+    /// The QoS it was delivered with.
+    pub fn qos(&self) -> QoS {
+        self.publish.qos
+    }
+
+    /// The RETAIN flag.
+    pub fn retain(&self) -> bool {
+        self.publish.retain
+    }
+
+    /// The DUP flag (a redelivery of a QoS 1 message).
+    pub fn dup(&self) -> bool {
+        self.publish.dup
+    }
+
+    /// Its properties (never a topic alias).
+    pub fn properties(&self) -> &PublishProperties {
+        &self.publish.properties
+    }
+
+    /// The identifiers of the subscriptions that matched it.
+    pub fn subscription_identifiers(&self) -> &[u32] {
+        &self.publish.properties.subscription_identifiers
+    }
+
+    /// The PUBLISH as received, topic resolved.
+    pub fn publish(&self) -> &Publish {
+        &self.publish
+    }
+
+    /// Takes the PUBLISH out (a manual ack not yet made is then never made: the server
+    /// redelivers on the next connection, and later acks of this connection wait behind it).
+    pub fn into_publish(self) -> Publish {
+        self.publish
+    }
+
+    /// Whether this message still needs [`ack`](Message::ack) (manual acknowledgement of a
+    /// QoS 1/2 message).
+    pub fn needs_ack(&self) -> bool {
+        self.ack.is_some()
+    }
+
+    /// Acknowledges the message (manual acknowledgement mode). PUBACK/PUBREC go out in the
+    /// order the messages arrived, whatever order they are acked in. Acking twice does
+    /// nothing more. Never blocks and never fails: after the connection closed it returns
+    /// [`AckOutcome::ConnectionClosed`] and sends nothing.
+    pub fn ack(&self) -> AckOutcome {
+        match &self.ack {
+            None => AckOutcome::NotNeeded,
+            Some((token, tx)) => send_ack(*token, tx),
+        }
+    }
+}
+
+fn send_ack(token: AckToken, tx: &mpsc::WeakUnboundedSender<Command>) -> AckOutcome {
+    match tx.upgrade() {
+        Some(tx) if tx.send(Command::Ack(token)).is_ok() => AckOutcome::Accepted,
+        _ => AckOutcome::ConnectionClosed,
+    }
+}
+
+/// The messages received on one connection, in arrival order.
+///
+/// Taking a message is what lets the server send more: with automatic acknowledgement, a QoS
+/// 1/2 message is acknowledged when [`recv`](Incoming::recv) returns it, and the server may
+/// have at most the advertised Receive Maximum unacknowledged. The connection's task never
+/// waits for the application: it queues messages here.
+///
+/// The stream ends (`None`) when the connection has closed and every message received before
+/// was taken. Dropping it makes the connection acknowledge (and drop) every later message.
+/// It also implements [`futures_util::Stream`].
+pub struct Incoming {
+    rx: mpsc::UnboundedReceiver<Delivered>,
+    tx: mpsc::WeakUnboundedSender<Command>,
+    manual: bool,
+}
+
+pub(crate) struct Delivered {
+    pub(crate) publish: Publish,
+    pub(crate) token: Option<AckToken>,
+}
+
+impl fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("queued", &self.rx.len())
+            .field("manual_acks", &self.manual)
+            .finish()
+    }
+}
+
+impl Incoming {
+    pub(crate) fn new(
+        rx: mpsc::UnboundedReceiver<Delivered>,
+        tx: mpsc::WeakUnboundedSender<Command>,
+        manual: bool,
+    ) -> Self {
+        Incoming { rx, tx, manual }
+    }
+
+    fn wrap(&self, d: Delivered) -> Message {
+        match d.token {
+            Some(token) if self.manual => Message::new(d.publish, Some((token, self.tx.clone()))),
+            Some(token) => {
+                let _ = send_ack(token, &self.tx);
+                Message::new(d.publish, None)
+            }
+            None => Message::new(d.publish, None),
+        }
+    }
+
+    /// The next message, or `None` once the connection has closed and all were taken.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is taken (and auto-acknowledged) only when this returns it.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let d = self.rx.recv().await?;
+        Some(self.wrap(d))
+    }
+
+    /// A message if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        let d = self.rx.try_recv().ok()?;
+        Some(self.wrap(d))
+    }
+
+    /// Passes every message to `handler` until the connection closes (the handler chain).
+    /// With automatic acknowledgement a message is acknowledged when it is taken, just before
+    /// the handler is called. Handlers run on the caller's task, one at a time; one that
+    /// publishes should use [`Client::start_publish`](crate::Client::start_publish), which
+    /// never waits.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe between messages (see [`recv`](Incoming::recv)).
+    pub async fn dispatch(mut self, handler: impl crate::Handler) {
+        while let Some(m) = self.recv().await {
+            handler.handle(&m);
+        }
+    }
+}
+
+impl futures_util::Stream for Incoming {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(d)) => Poll::Ready(Some(self.wrap(d))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

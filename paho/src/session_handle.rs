@@ -1,0 +1,103 @@
+//! [`SessionHandle`]: the session shared by the successive connections of one client.
+
+use std::fmt;
+use std::sync::Arc;
+
+use paho_session::{MemoryStore, Session, SessionConfig, Store};
+use tokio::sync::Mutex;
+
+use crate::Error;
+
+/// The session engine and its store, shared by the successive clients of one logical client.
+///
+/// A connection ([`Client::connect`](crate::Client::connect)) takes the session for its whole
+/// life and gives it back when it ends; the next connection (a new [`Client`](crate::Client),
+/// typically made by a reconnecting manager) takes the same handle and resumes: unfinished
+/// publishes are resent and their futures, started on the old connection, resolve on the new
+/// one. Only one connection drives a session at a time: `connect` waits until the previous
+/// connection's task has let it go.
+///
+/// Cloning the handle is cheap (an [`Arc`]). The session lives as long as any clone (or a
+/// connection using it) does; when the last goes, waiting publish futures resolve with
+/// [`SessionClosed`](paho_session::Error::SessionClosed).
+pub struct SessionHandle<S: Store = MemoryStore> {
+    pub(crate) inner: Arc<Mutex<SessionState<S>>>,
+}
+
+pub(crate) struct SessionState<S> {
+    pub(crate) session: Session,
+    pub(crate) store: S,
+}
+
+impl<S: Store> Clone for SessionHandle<S> {
+    fn clone(&self) -> Self {
+        SessionHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Store> fmt::Debug for SessionHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("in_use", &self.inner.try_lock().is_err())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionHandle<MemoryStore> {
+    /// A new, empty session kept in memory.
+    pub fn in_memory(config: SessionConfig) -> Self {
+        SessionHandle::new(Session::new(config), MemoryStore::new())
+    }
+}
+
+/// A snapshot of a session's counters, from [`SessionHandle::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Unfinished outgoing QoS 1/2 exchanges.
+    pub unfinished: usize,
+    /// Publishes waiting for a connection, send quota or a packet id.
+    pub waiting: usize,
+    /// Incoming QoS 2 exchanges awaiting PUBREL.
+    pub inbound_pending: usize,
+    /// Packet identifiers in use.
+    pub packet_ids_in_use: usize,
+}
+
+impl<S: Store> SessionHandle<S> {
+    /// Wraps a session and the store it was restored from (or an empty one).
+    pub fn new(session: Session, store: S) -> Self {
+        SessionHandle {
+            inner: Arc::new(Mutex::new(SessionState { session, store })),
+        }
+    }
+
+    /// Restores a session from what `store` holds (what a killed process left) and wraps it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads the store.
+    pub async fn restore(config: SessionConfig, store: S) -> Result<Self, Error> {
+        let session = Session::restore_from(config, &store).await?;
+        Ok(SessionHandle::new(session, store))
+    }
+
+    /// The session's counters, read without waiting: `None` while a connection is driving the
+    /// session (the connection's task owns it then).
+    pub fn stats(&self) -> Option<SessionStats> {
+        let g = self.inner.try_lock().ok()?;
+        Some(SessionStats {
+            unfinished: g.session.unfinished(),
+            waiting: g.session.waiting(),
+            inbound_pending: g.session.inbound_pending(),
+            packet_ids_in_use: g.session.packet_ids_in_use(),
+        })
+    }
+
+    /// Whether a connection is driving the session now.
+    pub fn in_use(&self) -> bool {
+        self.inner.try_lock().is_err()
+    }
+}
