@@ -4,6 +4,7 @@
 //!
 //! Run with `cargo bench -p paho-packets`. Each benchmark id is `<case>/<codec>`, so the two
 //! codecs' figures for one case sit next to each other in the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! cargo bench -p paho-packets --bench codec_count --no-run
 //! valgrind --tool=callgrind target/release/deps/codec_count-* decode publish_16B paho 1000
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

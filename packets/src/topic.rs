@@ -44,7 +44,9 @@ pub(crate) fn scan(b: &[u8]) -> u8 {
         // a byte twice is harmless and saves a byte-by-byte tail.
         add(word(&b[b.len() - 8..]));
     }
-    (u8::from(high != 0) * NON_ASCII) | (u8::from(nul != 0) * NUL) | (u8::from(wild != 0) * WILDCARD)
+    (u8::from(high != 0) * NON_ASCII)
+        | (u8::from(nul != 0) * NUL)
+        | (u8::from(wild != 0) * WILDCARD)
 }
 
 #[inline]

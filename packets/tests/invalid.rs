@@ -1,5 +1,6 @@
 //! One test per validation rule: each feeds a packet that breaks exactly that rule and checks
 //! the typed error and the reason code the receiver must answer with.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
 use paho_packets::*;
@@ -506,8 +507,10 @@ fn encoder_refuses_over_long_fields() {
     });
     assert!(p.encode(&mut buf).is_ok());
 
-    let mut props = PublishProperties::default();
-    props.correlation_data = Some(Bytes::from(vec![0; 70_000]));
+    let props = PublishProperties {
+        correlation_data: Some(Bytes::from(vec![0; 70_000])),
+        ..Default::default()
+    };
     let p = Packet::Publish(Publish {
         topic: "t".into(),
         properties: props,

@@ -1,5 +1,6 @@
 //! Property test: every generated packet, of every type and with every property, encodes to
 //! exactly `encoded_len` bytes and decodes back to itself, also when fed byte by byte.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
 use paho_packets::*;

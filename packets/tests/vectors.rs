@@ -2,6 +2,7 @@
 //! MQTT v5 specification (chapter 3), not captured from our own encoder. Each vector is
 //! decoded and compared with the expected packet, re-encoded and compared with the bytes,
 //! and every strict prefix of it must decode as "need more bytes".
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
 use paho_packets::*;
