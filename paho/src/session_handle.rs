@@ -96,6 +96,19 @@ impl<S: Store> SessionHandle<S> {
         })
     }
 
+    /// Takes the session and its store back out (for example to close a
+    /// [`FileStore`](paho_session::FileStore) before reopening its directory). Fails, returning
+    /// the handle, while another clone exists or a connection still uses the session.
+    pub fn try_into_parts(self) -> Result<(Session, S), Self> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(m) => {
+                let s = m.into_inner();
+                Ok((s.session, s.store))
+            }
+            Err(inner) => Err(SessionHandle { inner }),
+        }
+    }
+
     /// Whether a connection is driving the session now.
     pub fn in_use(&self) -> bool {
         self.inner.try_lock().is_err()
