@@ -47,6 +47,10 @@ pub enum Error {
     /// Another [`FileStore`](crate::FileStore) of this process already has the directory open.
     #[error("session store {0} is already open in this process")]
     AlreadyOpen(PathBuf),
+    /// Another process has the store directory open (it holds the exclusive lock on the
+    /// directory's `lock` file). Two processes writing one log would corrupt it.
+    #[error("session store {0} is in use by another process")]
+    Locked(PathBuf),
     /// An earlier write or fsync failed; what is on disk is unknown, so the store refuses
     /// everything until it is reopened (which replays what really reached the disk).
     #[error("the session store failed earlier and must be reopened")]

@@ -282,3 +282,35 @@ fn works_without_tokio() {
     assert_eq!(block_on(s.list()).unwrap().len(), 1);
     block_on(s.close());
 }
+
+/// Descriptors of this process open on files inside `dir`.
+#[cfg(target_os = "linux")]
+fn fds_inside(dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn quarantining_does_not_hold_a_descriptor_per_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FileStore::open(tmp.path(), ident()).await.unwrap();
+    for n in 1..=40 {
+        s.put(out(n), EntryKind::Publish, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        s.quarantine(out(n), "test".into()).await.unwrap();
+    }
+    assert_eq!(s.quarantined().len(), 40);
+    // The log and the lock file, nothing per quarantine file.
+    let open = fds_inside(tmp.path());
+    assert!(
+        open <= 2,
+        "{open} descriptors open inside the store directory"
+    );
+    s.close().await;
+}

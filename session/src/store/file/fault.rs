@@ -206,4 +206,11 @@ impl Fs for FaultFs {
     fn path_of(&self, name: &str) -> PathBuf {
         PathBuf::from("/fault-fs").join(name)
     }
+
+    fn try_lock(&mut self) -> io::Result<bool> {
+        // One simulated disk is only ever opened by one store at a time (the registry key).
+        Ok(true)
+    }
+
+    fn close(&mut self, _name: &str) {}
 }

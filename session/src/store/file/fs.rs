@@ -2,9 +2,13 @@
 //! disk that fails after N operations and then "crashes".
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The lock file whose exclusive lock a store holds for its lifetime. It is never deleted:
+/// deleting a lock file lets two openers lock two different files of the same name.
+pub(crate) const LOCK: &str = "lock";
 
 /// The few operations the store needs, on files named inside one directory.
 ///
@@ -29,6 +33,12 @@ pub(crate) trait Fs: Send + 'static {
     fn list(&mut self) -> io::Result<Vec<String>>;
     /// Where a file lives, for reports.
     fn path_of(&self, name: &str) -> PathBuf;
+    /// Takes the directory's exclusive lock for as long as this `Fs` lives. `Ok(false)` when
+    /// someone else (another process) holds it.
+    fn try_lock(&mut self) -> io::Result<bool>;
+    /// Releases any handle kept open for the file (files written once, such as quarantine
+    /// files, would otherwise hold a descriptor each for the store's lifetime).
+    fn close(&mut self, name: &str);
 }
 
 /// The real file system.
@@ -37,14 +47,17 @@ pub(crate) struct RealFs {
     dir: PathBuf,
     /// Open handles, so appending and syncing the log does not reopen it every batch.
     handles: HashMap<String, File>,
+    /// The locked lock file, held (and so locked) until this is dropped.
+    lock: Option<File>,
 }
 
 impl RealFs {
     pub(crate) fn new(dir: PathBuf) -> io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        create_dir_durably(&dir, &mut |d| File::open(d)?.sync_all())?;
         Ok(RealFs {
             dir,
             handles: HashMap::new(),
+            lock: None,
         })
     }
 
@@ -120,5 +133,104 @@ impl Fs for RealFs {
 
     fn path_of(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    fn try_lock(&mut self) -> io::Result<bool> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK))?;
+        match f.try_lock() {
+            Ok(()) => {
+                self.lock = Some(f);
+                Ok(true)
+            }
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
+                // Some file systems (and platforms) have no file locks. Refusing to open at all
+                // there would make the store unusable, so it opens unlocked, as before locks.
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "session store: file locks unsupported here; another process is not kept out"
+                );
+                Ok(true)
+            }
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn close(&mut self, name: &str) {
+        self.handles.remove(name);
+    }
+}
+
+/// Creates `dir` and any missing ancestors, and fsyncs the parent of each directory it
+/// created: a new directory's entry lives in its parent, and without that fsync a power loss
+/// could take the whole store (with every fsync'd record in it) away with the entry.
+pub(crate) fn create_dir_durably(
+    dir: &Path,
+    sync_dir: &mut dyn FnMut(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    loop {
+        match std::fs::metadata(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(p);
+                match p.parent() {
+                    Some(parent) => p = parent,
+                    None => break,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    // Deepest first is not needed for correctness (each fsync covers one entry), but syncing
+    // from the top down makes each entry durable only after its parent's is.
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            // A relative path's first component lives in the current directory.
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creating_a_store_directory_syncs_the_parent_of_every_directory_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a").join("b").join("store");
+        let mut synced = Vec::new();
+        create_dir_durably(&dir, &mut |d| {
+            synced.push(d.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(
+            synced,
+            vec![
+                tmp.path().to_owned(),
+                tmp.path().join("a"),
+                tmp.path().join("a").join("b"),
+            ]
+        );
+        // An existing directory needs nothing.
+        synced.clear();
+        create_dir_durably(&dir, &mut |d| {
+            synced.push(d.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        assert!(synced.is_empty());
     }
 }

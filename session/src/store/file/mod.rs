@@ -8,6 +8,7 @@
 //! | `log` | an append-only log of checksummed put / delete / reset records, replayed at open |
 //! | `log.compact` | a compaction in progress (ignored and overwritten if a crash left it) |
 //! | `quarantine-NNNNNN.bin` | bytes set aside: corrupt log stretches found at open, and entries passed to [`Store::quarantine`] |
+//! | `lock` | empty; exclusively locked while a store has the directory open, so a second process is refused |
 //!
 //! Order is the sequence number each put record carries, persisted in the log; file times are
 //! never consulted. See `record.rs` for the record format.
@@ -260,8 +261,11 @@ impl Future for Pending {
 /// would not survive a crash yet). The engine only lists at start-up, before any write.
 ///
 /// Clones are handles to the same open store. At most one store per directory can be open in
-/// a process ([`Error::AlreadyOpen`]); opening from two processes at once is not detected and
-/// must be avoided by the application.
+/// a process ([`Error::AlreadyOpen`]), and in the whole system: an open store holds an
+/// exclusive lock on the directory's `lock` file (`std::fs::File::try_lock`, `flock` on Unix),
+/// so opening it from another process fails with [`Error::Locked`]. The lock goes with the
+/// process, even on `kill -9`. Where the file system has no locks, the store opens unlocked
+/// (with a warning).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -346,8 +350,10 @@ impl FileStore {
                 let shared = Arc::new(Shared::default());
                 let mut writer = Writer::new(fs, shared.clone(), options);
                 if let Err(e) = writer.open(&identity) {
-                    // Release the directory before answering, so that the caller may retry at
-                    // once without meeting its own failed attempt as `AlreadyOpen`.
+                    // Release the directory (its lock file with the writer's files, then the
+                    // registration) before answering, so that the caller may retry at once
+                    // without meeting its own failed attempt as `Locked` or `AlreadyOpen`.
+                    drop(writer);
                     drop(unregister);
                     let _ = ready_tx.send(Err(e));
                     return;

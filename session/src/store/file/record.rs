@@ -28,6 +28,12 @@ const PUT_FIXED: usize = 1 + 8 + 1 + 2 + 1;
 /// The largest body a valid record can have.
 const MAX_BODY: usize = PUT_FIXED + MAX_VALUE_LEN;
 
+/// Sequence numbers a valid log can hold. A store would need 2^62 puts to get here; a larger
+/// number can only come from a damaged or crafted file, and believing it would make the next
+/// put overflow the sequence counter (a panic in debug builds, a wrap to 0 that sorts new
+/// entries first in release builds).
+pub(super) const MAX_SEQ: u64 = 1 << 62;
+
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_RESET: u8 = 3;
@@ -135,6 +141,9 @@ pub(super) fn parse_at(file: &Bytes, pos: usize) -> Option<(Record, usize)> {
     let record = match *body.first()? {
         OP_PUT if len >= PUT_FIXED => {
             let seq = u64_at(body, 1)?;
+            if seq > MAX_SEQ {
+                return None;
+            }
             let key = key_at(body, 9)?;
             let kind = EntryKind::from_u8(*body.get(12)?)?;
             if !kind.fits(key) {
@@ -442,6 +451,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_put_with_an_absurd_sequence_number_is_not_believed() {
+        // A checksummed (so not torn or bit-flipped, but crafted or written by a bug) record
+        // with the largest sequence number, then a good one.
+        let recs = vec![
+            Record::Put {
+                seq: u64::MAX,
+                key: Key::Outbound(id(1)),
+                kind: EntryKind::Publish,
+                value: Bytes::from_static(b"crafted"),
+            },
+            Record::Put {
+                seq: 3,
+                key: Key::Outbound(id(2)),
+                kind: EntryKind::Publish,
+                value: Bytes::from_static(b"good"),
+            },
+        ];
+        let mut r = replay(&Bytes::from(log(&recs)));
+        assert_eq!(r.corrupt, vec![0..log(&recs[..1]).len()]);
+        assert_eq!(r.index.len(), 1);
+        // The store keeps working: the next put neither overflows nor sorts first.
+        let seq = r
+            .index
+            .put(Key::Outbound(id(9)), EntryKind::Publish, Bytes::new());
+        assert_eq!(seq, 4);
     }
 
     #[test]

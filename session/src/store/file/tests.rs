@@ -244,3 +244,25 @@ async fn compaction_keeps_order_and_shrinks_the_log() {
     );
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_reported_failed_is_never_found_durable() {
+    // A caller told "failed" may publish again; if the operation had in fact reached the disk,
+    // a reopen would resend the first copy too. So: for every failure point, what a crash keeps
+    // (only fsync'd data) must not contain the operation that returned the error. This covers a
+    // compaction failing after the batch that triggered it was already fsync'd.
+    let (fs, _, _, _) = run_until_failure(u64::MAX).await;
+    let total = fs.ops_done();
+    for n in 0..total {
+        let (fs, before, after, failed) = run_until_failure(n).await;
+        assert!(failed, "n = {n}");
+        let image = fs.crash_image(CrashKind::SyncedOnly);
+        let store = open_on(&image, small_logs()).await.unwrap();
+        let got = contents(&store).await;
+        store.close().await;
+        assert!(
+            got == before,
+            "n = {n}: an operation that returned an error is durable\n got    {got:?}\n before {before:?}\n after  {after:?}"
+        );
+    }
+}

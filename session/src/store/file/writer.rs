@@ -93,8 +93,17 @@ impl Writer {
         self.fs.sync_dir().map_err(io("syncing the directory"))
     }
 
-    /// Checks or writes the identity file, replays the log, and sets corrupt parts aside.
+    /// Locks the directory, checks or writes the identity file, replays the log, and sets
+    /// corrupt parts aside.
     pub(super) fn open(&mut self, identity: &StoreIdentity) -> Result<(), Error> {
+        // First, before reading anything: another process may be appending to the log.
+        if !self
+            .fs
+            .try_lock()
+            .map_err(io("locking the store directory"))?
+        {
+            return Err(Error::Locked(self.fs.path_of("")));
+        }
         let names = self.fs.list().map_err(io("listing the store directory"))?;
         self.next_quarantine = names
             .iter()
@@ -209,6 +218,9 @@ impl Writer {
             .map_err(io("writing a quarantine file"))?;
         self.sync(&name)?;
         self.sync_dir()?;
+        // Written once and never appended to: keeping its handle would hold one descriptor
+        // per quarantined entry for the store's lifetime.
+        self.fs.close(&name);
         Ok(QuarantineReport::new(
             key,
             reason,
@@ -304,19 +316,30 @@ impl Writer {
         match result {
             Ok(()) => answer(replies),
             Err(e) => {
-                // After a failed write or fsync the file's contents are unknown (the kernel
-                // may have dropped the dirty pages), so nothing more is written until a
-                // reopen replays what really reached the disk.
-                tracing::error!(error = %e, "session store failed; refusing further operations");
-                self.shared.failed.store(true, Ordering::Release);
+                self.fail(&e);
                 answer(
                     replies
                         .into_iter()
                         .map(|(reply, _)| (reply, Err(e.clone())))
                         .collect(),
                 );
+                return;
             }
         }
+        // Compaction comes after the answers: the batch is durable in the log already, and a
+        // failed compaction must not tell its callers they failed (they would republish what
+        // a reopen then resends). It fails the store for the operations after it instead.
+        if let Err(e) = self.maybe_compact() {
+            self.fail(&e);
+        }
+    }
+
+    /// After a failed write or fsync the files' contents are unknown (the kernel may have
+    /// dropped the dirty pages), so nothing more is written until a reopen replays what really
+    /// reached the disk.
+    fn fail(&mut self, e: &Error) {
+        tracing::error!(error = %e, "session store failed; refusing further operations");
+        self.shared.failed.store(true, Ordering::Release);
     }
 
     fn commit(&mut self, to_quarantine: Vec<(StoredEntry, String)>) -> Result<(), Error> {
@@ -337,8 +360,7 @@ impl Writer {
             .and_then(|()| self.sync(LOG));
         self.log_len += buf.len() as u64;
         self.buf = buf;
-        res?;
-        self.maybe_compact()
+        res
     }
 
     fn maybe_compact(&mut self) -> Result<(), Error> {
