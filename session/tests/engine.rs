@@ -987,3 +987,46 @@ async fn stored_message_too_large_for_the_new_server_limit_is_discarded_in_order
     assert_eq!(h.session.packet_ids_in_use(), 2);
     drop((small1, small2));
 }
+
+// ----- review fixes ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_second_connack_is_a_protocol_error_and_resends_nothing() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let _a = h.publish(msg(QoS::AtLeastOnce, "t", "a")).await;
+    let _b = h.publish(msg(QoS::ExactlyOnce, "t", "b")).await;
+    assert_eq!(h.sent_publishes().len(), 2);
+    let again = ConnAck {
+        session_present: true,
+        ..Default::default()
+    };
+    let e = h.session.on_connack(&again).unwrap_err();
+    assert_eq!(e.reason_code(), Some(0x82));
+    h.drive().await;
+    // Nothing went out twice on the link that already carries both, and the quota is intact.
+    assert!(h.take_wire().is_empty());
+    assert_eq!(h.session.in_flight(), 2);
+}
+
+#[tokio::test]
+async fn pubcomp_0x92_after_a_resent_pubrel_counts_as_accepted() {
+    // The server completed the exchange, but its PUBCOMP was lost with the connection; the
+    // resent PUBREL then finds no packet id. The message was accepted at PUBREC.
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::ExactlyOnce, "t", "x")).await;
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(PubRec::new(id)).await;
+    h.take_wire();
+    h.drop_link().await;
+    h.connect(true, None).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubRel(PubRel::new(id))]);
+    let mut comp = PubComp::new(id);
+    comp.reason_code = PubCompReasonCode::PacketIdentifierNotFound;
+    h.feed(comp).await;
+    let outcome = done.await.unwrap();
+    assert_eq!(outcome.reason_code(), 0x92);
+    assert!(outcome.is_success());
+    assert!(h.stored().await.is_empty());
+}

@@ -19,7 +19,8 @@ pub enum PublishOutcome {
     PubAck(PubAck),
     /// A PUBREC with a failure reason code (0x80 or above), which ends a QoS 2 exchange early.
     PubRec(PubRec),
-    /// The PUBCOMP that ended a QoS 2 exchange (its reason code may be 0x92, not found).
+    /// The PUBCOMP that ended a QoS 2 exchange (its reason code may be 0x92, not found, which
+    /// still means the message was accepted: see [`is_success`](PublishOutcome::is_success)).
     PubComp(PubComp),
 }
 
@@ -34,9 +35,19 @@ impl PublishOutcome {
         }
     }
 
-    /// Whether the server accepted the message (reason code below 0x80).
+    /// Whether the server accepted the message: a PUBACK below 0x80, or a PUBCOMP whatever
+    /// its reason code.
+    ///
+    /// A QoS 2 exchange reaches PUBCOMP only after a successful PUBREC, which is where the
+    /// server takes the message on. PUBCOMP 0x92 (Packet Identifier not found) answers a PUBREL
+    /// resent after a reconnect when the server already completed the exchange and its
+    /// PUBCOMP was lost with the old connection: the message was accepted, and reporting a
+    /// failure would invite the application to publish it a second time.
     pub fn is_success(&self) -> bool {
-        self.reason_code() < 0x80
+        match self {
+            PublishOutcome::PubComp(_) => true,
+            _ => self.reason_code() < 0x80,
+        }
     }
 }
 

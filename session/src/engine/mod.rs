@@ -327,8 +327,15 @@ impl Session {
     /// A CONNACK with a failure reason code leaves the session offline, untouched, and returns
     /// [`Error::ConnectionRefused`] with that code. Session Present = 1 in answer to Clean
     /// Start = 1 is a protocol violation ([`Error::Protocol`], 0x82) and also leaves the session
-    /// offline.
+    /// offline. A second CONNACK on a connection that is up is a protocol violation too and
+    /// changes nothing (the driver disconnects and reports the loss).
     pub fn on_connack(&mut self, connack: &ConnAck) -> Result<(), Error> {
+        if self.link == Link::Up {
+            // A second CONNACK on one connection (MQTT-3.2.0-2 allows one). Taking it as a new
+            // connection would resend every unfinished exchange on the link that already
+            // carries them: duplicates, and more than Receive Maximum in flight.
+            return Err(protocol("a second CONNACK on one connection"));
+        }
         if connack.reason_code.is_error() {
             self.link = Link::Down;
             return Err(Error::ConnectionRefused {
