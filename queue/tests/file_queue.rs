@@ -523,3 +523,51 @@ async fn a_directory_opens_once_per_process() {
     drop(q);
     open(tmp.path()).await;
 }
+
+/// A crash during a segment roll can leave the newest segment with no entries (here: the empty
+/// file a crash between creating it and writing its header leaves). Removals then fill it with
+/// head records; the next enqueue must not "roll" to a new segment with the same base, which
+/// truncated the active file, and reclaiming then deleted it with the new entry inside.
+#[tokio::test]
+async fn rolling_a_segment_without_entries_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let small = |d: &Path| FileQueue::builder(d).segment_bytes(4096).open();
+    let q = small(dir).await.unwrap();
+    // Tiny entries: about 110 per segment, so removing them writes more head records than fit
+    // in one segment.
+    let seqs = fill_with(&q, 0..300, |_| Bytes::from_static(b"x")).await;
+    q.close().await.unwrap();
+    let next = seqs[seqs.len() - 1] + 1;
+    fs::write(dir.join(format!("seg-{next:020}.q")), b"").unwrap();
+
+    let q = small(dir).await.unwrap();
+    assert_eq!(drain(&q).await.len(), 300);
+    let big = Bytes::from(vec![9u8; 300]);
+    let seq = q.enqueue(big.clone(), at(1)).await.unwrap().seq();
+    assert_eq!(seq, next);
+    let head = q.peek().unwrap().unwrap();
+    assert_eq!((head.seq(), head.payload()), (seq, &big));
+    drop(head);
+    q.close().await.unwrap();
+
+    let q = small(dir).await.unwrap();
+    assert!(q.take_reports().is_empty());
+    let got = drain(&q).await;
+    assert_eq!(got.len(), 1, "the acknowledged entry survives a reopen");
+    assert_eq!((got[0].0, &got[0].1), (seq, &big));
+    let again = q.enqueue(payload(1), at(1)).await.unwrap().seq();
+    assert!(again > seq, "sequence numbers are not reused");
+}
+
+async fn fill_with(
+    q: &FileQueue,
+    range: std::ops::Range<u64>,
+    p: impl Fn(u64) -> Bytes,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for i in range {
+        seqs.push(q.enqueue(p(i), at(i)).await.unwrap().seq());
+    }
+    seqs
+}

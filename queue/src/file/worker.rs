@@ -339,11 +339,19 @@ impl Worker {
             }
         }
         let record_len = (RECORD_HEADER_LEN as u64).saturating_add(len);
-        let (seg_len, _) = self.active_segment()?;
+        let (seg_len, seg_base) = self.active_segment()?;
         let used = seg_len + self.buf.len() as u64;
         // Roll to a new segment when this record would overflow a non-empty one. A record larger
         // than the segment size gets a segment to itself.
-        if used > FILE_HEADER_LEN as u64 && used.saturating_add(record_len) > self.cfg.segment_bytes
+        //
+        // Only a segment that already holds an entry may roll: the new segment is named after
+        // `next_seq`, which equals the active segment's base until its first entry. A segment
+        // with no entry can still be full of head records (reopened after a crash during a roll,
+        // then drained); rolling it would reopen its own file with truncation and list it twice,
+        // and reclaiming would delete the file holding the new entry.
+        if seg_base < self.next_seq
+            && used > FILE_HEADER_LEN as u64
+            && used.saturating_add(record_len) > self.cfg.segment_bytes
         {
             self.roll()?;
         }
@@ -450,6 +458,12 @@ impl Worker {
     }
 
     pub(crate) fn create_segment(&mut self, base: u64) -> Result<()> {
+        // Opening with truncation an existing segment's name would destroy its records.
+        if self.segments.back().is_some_and(|s| s.base >= base) {
+            return Err(Error::Failed(format!(
+                "refusing to create segment {base} at or below the newest one"
+            )));
+        }
         let path = segment_path(&self.cfg.dir, base);
         let mut file = OpenOptions::new()
             .create(true)
