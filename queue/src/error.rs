@@ -52,8 +52,9 @@ pub enum Error {
     /// the queue refuses further work; reopen it to recover from what is on disk.
     #[error("the queue failed earlier and must be reopened: {0}")]
     Failed(String),
-    /// This process already has a [`FileQueue`](crate::FileQueue) open on the directory.
-    #[error("queue directory {} is already open in this process", dir.display())]
+    /// A [`FileQueue`](crate::FileQueue) is already open on the directory, in this process or
+    /// in another one (the directory is locked for as long as a queue has it open).
+    #[error("queue directory {} is already open (in this or another process)", dir.display())]
     AlreadyOpen {
         /// The directory, canonicalised.
         dir: std::path::PathBuf,

@@ -34,7 +34,8 @@
 //!   `scan` (parsing a segment and resynchronising after damage), `worker` (the I/O thread:
 //!   group commit, head loading, quarantine, segment rolling and reclaiming), `reader`
 //!   (buffered, read-ahead reading of head records), `recovery`
-//!   (opening a directory) and `guard` (one opener per directory in a process).
+//!   (opening a directory) and `guard` (one opener per directory: a process-wide registry plus
+//!   a lock file against other processes).
 //! - `wait` and `oneshot`: small runtime-agnostic waiting primitives (no async runtime needed).
 //!
 //! # Example

@@ -59,7 +59,7 @@ fn crash_child() {
                     continue;
                 };
                 n += 1;
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     let seq = e.seq();
                     consumer.finish(e, Finish::Remove).await.unwrap();
                     println!("DEL {seq}");

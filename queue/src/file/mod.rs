@@ -112,8 +112,8 @@ impl Shared {
 /// - Segments are deleted once every entry in them is consumed.
 /// - Opening reads and checks every record once; damage is quarantined and reported via
 ///   [`Queue::take_reports`], never returned as data.
-/// - One opener at a time: a second open in the same process fails with
-///   [`Error::AlreadyOpen`]; across processes the directory is not locked.
+/// - One opener at a time: the directory is locked (a file named `lock` in it) while the queue
+///   is open, so a second open, in this process or another, fails with [`Error::AlreadyOpen`].
 ///
 /// Dropping the queue stops its I/O thread and waits for it (at most one batch, plus an fsync
 /// of lazy removals); in async code prefer [`FileQueue::close`].
