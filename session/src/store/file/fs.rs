@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 /// The lock file whose exclusive lock a store holds for its lifetime. It is never deleted:
 /// deleting a lock file lets two openers lock two different files of the same name.
 pub(crate) const LOCK: &str = "lock";
+/// How often, and how far apart, a busy lock is tried again before the open fails (about
+/// 100 ms in all): long enough for a forked child to exec, short enough to report a real
+/// second process promptly.
+const LOCK_ATTEMPTS: u32 = 50;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The few operations the store needs, on files named inside one directory.
 ///
@@ -141,22 +146,34 @@ impl Fs for RealFs {
             .truncate(false)
             .write(true)
             .open(self.dir.join(LOCK))?;
-        match f.try_lock() {
-            Ok(()) => {
-                self.lock = Some(f);
-                Ok(true)
+        let mut attempts = 0;
+        loop {
+            match f.try_lock() {
+                Ok(()) => {
+                    self.lock = Some(f);
+                    return Ok(true);
+                }
+                // A lock can be held for a moment by a process that is not a store at all: a
+                // child forked by any thread of the process that closed this store a moment
+                // ago inherits its descriptors, and keeps them (and so the lock) until it execs.
+                // So a busy lock is retried briefly (on the store's own thread, never an async
+                // one) before it is taken for another process's open store.
+                Err(TryLockError::WouldBlock) if attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(TryLockError::WouldBlock) => return Ok(false),
+                Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
+                    // Some file systems (and platforms) have no file locks. Refusing to open
+                    // at all there would make the store unusable, so it opens unlocked.
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        "session store: file locks unsupported here; another process is not kept out"
+                    );
+                    return Ok(true);
+                }
+                Err(TryLockError::Error(e)) => return Err(e),
             }
-            Err(TryLockError::WouldBlock) => Ok(false),
-            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
-                // Some file systems (and platforms) have no file locks. Refusing to open at all
-                // there would make the store unusable, so it opens unlocked, as before locks.
-                tracing::warn!(
-                    dir = %self.dir.display(),
-                    "session store: file locks unsupported here; another process is not kept out"
-                );
-                Ok(true)
-            }
-            Err(TryLockError::Error(e)) => Err(e),
         }
     }
 
