@@ -39,6 +39,11 @@ pub(crate) enum CrashKind {
     /// Synced data plus half of each file's unsynced appended tail, with unsynced renames kept:
     /// a torn write.
     Torn,
+    /// As `Torn`, but the file keeps its full new length and the unwritten half reads as
+    /// zeros: the size reached the disk before the data did (possible on XFS, and on ext4
+    /// without data=ordered). The half that did get written ends in a record whose header is
+    /// whole and whose body is zeros, which the replay cannot tell from damage.
+    ZeroFilled,
 }
 
 /// A handle to a shared simulated disk.
@@ -71,7 +76,7 @@ impl FaultFs {
         let d = self.disk();
         let names = match kind {
             CrashKind::SyncedOnly => d.durable_names.clone(),
-            CrashKind::Everything | CrashKind::Torn => d.names.clone(),
+            CrashKind::Everything | CrashKind::Torn | CrashKind::ZeroFilled => d.names.clone(),
         };
         let inodes = d
             .inodes
@@ -84,7 +89,13 @@ impl FaultFs {
                         let extra = (i.data.len() - i.durable.len()) / 2;
                         i.data[..i.durable.len() + extra].to_vec()
                     }
-                    CrashKind::Torn => i.durable.clone(),
+                    CrashKind::ZeroFilled if i.data.starts_with(&i.durable) => {
+                        let extra = (i.data.len() - i.durable.len()) / 2;
+                        let mut v = i.data[..i.durable.len() + extra].to_vec();
+                        v.resize(i.data.len(), 0);
+                        v
+                    }
+                    CrashKind::Torn | CrashKind::ZeroFilled => i.durable.clone(),
                 };
                 Inode {
                     durable: data.clone(),
