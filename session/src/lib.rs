@@ -103,6 +103,10 @@
 //!   process); they are resent and completed all the same.
 //! - The time the link dropped is kept in memory only: after a restart the server's Session
 //!   Present decides whether the session still exists.
+//! - The Message Expiry Interval of a stored PUBLISH is not reduced on resend, and an expired
+//!   one is still resent (the engine is not told when a message was accepted; see
+//!   `docs/ARCHITECTURE.md` for why this needs an API change, and why an expired QoS 2 PUBLISH
+//!   could not simply be dropped anyway).
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
