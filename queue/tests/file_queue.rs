@@ -571,3 +571,58 @@ async fn fill_with(
     }
     seqs
 }
+
+/// A torn record whose header survived whole: everything after its header is its own partial
+/// payload. Payloads are opaque, so they can contain bytes that look exactly like a record (here
+/// a genuine record from another queue); the scanner must not resynchronise inside the torn
+/// payload and hand that out as an entry that was never enqueued.
+#[tokio::test]
+async fn record_shaped_bytes_inside_a_torn_payload_are_not_an_entry() {
+    // A genuine record with sequence number 10 from a scratch queue.
+    let scratch = tempfile::tempdir().unwrap();
+    let q = open(scratch.path()).await;
+    fill_with(&q, 0..9, |_| Bytes::from_static(b"-")).await;
+    q.enqueue(Bytes::from_static(b"smuggled"), at(10))
+        .await
+        .unwrap();
+    q.close().await.unwrap();
+    let s = fs::read(&segments(scratch.path())[0]).unwrap();
+    let inner = s[s.len() - (36 + 8)..].to_vec();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (seqs, seg) = five_entries(dir).await;
+    let good_len = fs::metadata(&seg).unwrap().len();
+    let mut outer = b"prefix".to_vec();
+    outer.extend_from_slice(&inner);
+    outer.extend_from_slice(&[0u8; 100]);
+    let q = open(dir).await;
+    q.enqueue(Bytes::from(outer), at(5)).await.unwrap();
+    q.close().await.unwrap();
+    // Tear the outer record after the embedded one.
+    let torn_len = good_len + 36 + 6 + inner.len() as u64 + 10;
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(torn_len)
+        .unwrap();
+
+    let q = open(dir).await;
+    let reports = q.take_reports();
+    assert!(
+        !reports.iter().any(|r| matches!(r, Report::Missing { .. })),
+        "{reports:?}"
+    );
+    assert_eq!(
+        quarantined(&reports, QuarantineReason::TornTail),
+        vec![None]
+    );
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        good_len,
+        "torn record cut off"
+    );
+    let got: Vec<u64> = drain(&q).await.into_iter().map(|(s, _, _)| s).collect();
+    assert_eq!(got, seqs, "nothing but the five good entries");
+}

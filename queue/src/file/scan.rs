@@ -49,6 +49,18 @@ pub(crate) fn scan(buf: &[u8], start: usize) -> Vec<Item> {
             off += RECORD_HEADER_LEN + header.len as usize;
             continue;
         }
+        if decode_record_header(&buf[off..]).is_some() {
+            // A whole, checksummed header whose payload runs past the end of the file: the file
+            // ends inside this record (a torn write), so every byte after the header is part of
+            // its opaque payload. Resynchronising in there could accept record-shaped bytes of a
+            // payload as an entry; it is all one damaged tail.
+            items.push(Item::Damage {
+                offset: off as u64,
+                len: (buf.len() - off) as u64,
+                tail: true,
+            });
+            break;
+        }
         match resync(buf, off + 1) {
             Some(next) => {
                 items.push(Item::Damage {
@@ -132,6 +144,29 @@ mod tests {
         let items = scan(&b, 0);
         assert_eq!(seqs(&items), vec![1, 2, 3]);
         assert!(matches!(items[0], Item::Record { data_ok: false, .. }));
+    }
+
+    #[test]
+    fn no_resync_inside_the_payload_of_a_cut_record() {
+        let mut inner = Vec::new();
+        encode_record(&mut inner, Kind::Entry, 0, 99, 0, b"inner");
+        let mut b = three();
+        let outer_at = b.len();
+        let mut outer = b"xx".to_vec();
+        outer.extend_from_slice(&inner);
+        outer.extend_from_slice(&[0u8; 50]);
+        encode_record(&mut b, Kind::Entry, 0, 4, 0, &outer);
+        b.truncate(outer_at + RECORD_HEADER_LEN + 2 + inner.len() + 5);
+        let items = scan(&b, 0);
+        assert_eq!(seqs(&items), vec![1, 2, 3]);
+        assert_eq!(
+            items.last(),
+            Some(&Item::Damage {
+                offset: outer_at as u64,
+                len: (b.len() - outer_at) as u64,
+                tail: true
+            })
+        );
     }
 
     #[test]
