@@ -189,7 +189,8 @@ pub enum Report {
     },
     /// On open, entries that should have been in the queue (sequence numbers `first..=last`,
     /// not yet consumed) were not found whole: the file holding them was truncated or garbled.
-    /// Whatever bytes remained of them were quarantined.
+    /// Whatever bytes remained of them were quarantined. Reported by the open that first finds
+    /// the loss; later opens remember it and stay quiet.
     Missing {
         /// The first missing sequence number.
         first: u64,

@@ -626,3 +626,56 @@ async fn record_shaped_bytes_inside_a_torn_payload_are_not_an_entry() {
     let got: Vec<u64> = drain(&q).await.into_iter().map(|(s, _, _)| s).collect();
     assert_eq!(got, seqs, "nothing but the five good entries");
 }
+
+/// Damage that is not cut off (inside an older segment, or mid-file) stays on disk until its
+/// segment is reclaimed. It must be quarantined and reported once, not again on every open
+/// (which grew the quarantine file by the same bytes at each restart).
+#[tokio::test]
+async fn damage_kept_on_disk_is_quarantined_and_reported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let small = |d: &Path| FileQueue::builder(d).segment_bytes(4096).open();
+    let q = small(dir).await.unwrap();
+    let big = Bytes::from(vec![5u8; 1000]);
+    // Three records per segment: the newest holds the last two.
+    let seqs = fill_with(&q, 0..11, |_| big.clone()).await;
+    q.close().await.unwrap();
+    let segs = segments(dir);
+    assert_eq!(segs.len(), 4);
+    // Garble the second record's header in the oldest segment, and the first one's in the
+    // newest (mid-file there too: good records follow it).
+    for (seg, at) in [(&segs[0], 24 + 1036 + 10), (&segs[segs.len() - 1], 24 + 10)] {
+        let mut data = fs::read(seg).unwrap();
+        data[at] ^= 0xff;
+        fs::write(seg, &data).unwrap();
+    }
+    let lost = [seqs[1], seqs[9]];
+
+    let q = small(dir).await.unwrap();
+    let first = q.take_reports();
+    let garbled = quarantined(&first, QuarantineReason::Garbled);
+    assert_eq!(garbled, vec![None, None], "{first:?}");
+    let missing: Vec<_> = first
+        .iter()
+        .filter(|r| matches!(r, Report::Missing { .. }))
+        .collect();
+    assert_eq!(missing.len(), 2, "{first:?}");
+    let quarantine_len = FileQueue::read_quarantine(dir).unwrap().len();
+    assert_eq!(quarantine_len, 2);
+    q.close().await.unwrap();
+
+    for _ in 0..2 {
+        let q = small(dir).await.unwrap();
+        assert_eq!(q.take_reports(), vec![], "nothing new to report");
+        assert_eq!(q.stats().quarantined, 0);
+        q.close().await.unwrap();
+        assert_eq!(
+            FileQueue::read_quarantine(dir).unwrap().len(),
+            quarantine_len
+        );
+    }
+    let q = small(dir).await.unwrap();
+    let got: Vec<u64> = drain(&q).await.into_iter().map(|(s, _, _)| s).collect();
+    let want: Vec<u64> = seqs.iter().copied().filter(|s| !lost.contains(s)).collect();
+    assert_eq!(got, want);
+}

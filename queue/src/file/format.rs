@@ -22,6 +22,9 @@
 //!
 //! The header has its own checksum so that a garbled length is never trusted: a reader only
 //! believes `len` after `head_crc` matches and `len` fits both the limit and the file.
+//!
+//! A head record with a non-zero `flag` is a recovery *note* (see [`Note`]): `seq` is 0, so a
+//! reader that only knows plain head records takes it as "nothing consumed" and ignores it.
 
 use crate::limits::MAX_ENTRY_BYTES;
 
@@ -59,6 +62,69 @@ impl Kind {
             1 => Some(Kind::Entry),
             2 => Some(Kind::Head),
             3 => Some(Kind::Quarantined),
+            _ => None,
+        }
+    }
+}
+
+/// `flag` of a note recording a damaged byte range already quarantined.
+const NOTE_DAMAGE: u8 = 1;
+/// `flag` of a note recording a gap in the sequence numbers already reported.
+const NOTE_GAP: u8 = 2;
+
+/// What recovery has already dealt with, written (as a head-kind record with sequence number 0
+/// and a non-zero flag) to the active segment after the damage was quarantined or reported, so
+/// that later opens do not quarantine and report the same damage again while it stays on disk.
+/// A note is always written after the damage it describes (in the same segment or a newer
+/// one), and segments are reclaimed oldest first, so a note outlives its damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Note {
+    /// Bytes `offset..offset + len` of the segment with base `segment` are in quarantine.
+    Damage { segment: u64, offset: u64, len: u64 },
+    /// The loss of sequence numbers `first..=last` was reported.
+    Gap { first: u64, last: u64 },
+}
+
+impl Note {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let mut p = Vec::with_capacity(24);
+        let flag = match *self {
+            Note::Damage {
+                segment,
+                offset,
+                len,
+            } => {
+                for v in [segment, offset, len] {
+                    p.extend_from_slice(&v.to_le_bytes());
+                }
+                NOTE_DAMAGE
+            }
+            Note::Gap { first, last } => {
+                for v in [first, last] {
+                    p.extend_from_slice(&v.to_le_bytes());
+                }
+                NOTE_GAP
+            }
+        };
+        encode_record(out, Kind::Head, flag, 0, 0, &p);
+    }
+
+    /// The note in a head-kind record with a verified payload; `None` for a plain head record
+    /// or a note this version does not know.
+    pub(crate) fn decode(header: &RecordHeader, payload: &[u8]) -> Option<Note> {
+        if header.kind != Kind::Head || header.seq != 0 {
+            return None;
+        }
+        match (header.flag, payload.len()) {
+            (NOTE_DAMAGE, 24) => Some(Note::Damage {
+                segment: le_u64(&payload[0..8]),
+                offset: le_u64(&payload[8..16]),
+                len: le_u64(&payload[16..24]),
+            }),
+            (NOTE_GAP, 16) => Some(Note::Gap {
+                first: le_u64(&payload[0..8]),
+                last: le_u64(&payload[8..16]),
+            }),
             _ => None,
         }
     }
@@ -200,6 +266,29 @@ mod tests {
         let mut bad = h;
         bad[13] ^= 1;
         assert_eq!(decode_file_header(&bad, SEGMENT_MAGIC), None);
+    }
+
+    #[test]
+    fn notes_round_trip_and_are_not_plain_heads() {
+        for note in [
+            Note::Damage {
+                segment: 7,
+                offset: 1234,
+                len: 99,
+            },
+            Note::Gap { first: 5, last: 9 },
+        ] {
+            let mut buf = Vec::new();
+            note.encode(&mut buf);
+            let h = decode_record_header(&buf).unwrap();
+            assert_eq!((h.kind, h.seq), (Kind::Head, 0));
+            assert_ne!(h.flag, 0);
+            assert_eq!(Note::decode(&h, &buf[RECORD_HEADER_LEN..]), Some(note));
+        }
+        let mut buf = Vec::new();
+        encode_record(&mut buf, Kind::Head, 0, 0, 0, &[]);
+        let h = decode_record_header(&buf).unwrap();
+        assert_eq!(Note::decode(&h, &[]), None);
     }
 
     #[test]

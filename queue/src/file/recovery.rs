@@ -4,15 +4,39 @@
 //! Opening reads every segment once, so it costs O(bytes on disk); after that no operation
 //! rescans the directory.
 
-use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
-use super::format::{decode_file_header, encode_file_header, Kind, FILE_HEADER_LEN, SEGMENT_MAGIC};
+use super::format::{
+    decode_file_header, encode_file_header, Kind, Note, FILE_HEADER_LEN, RECORD_HEADER_LEN,
+    SEGMENT_MAGIC,
+};
 use super::scan::{scan, Item};
 use super::worker::{parse_segment_name, Segment, Slot, Worker};
 use crate::entry::{QuarantineReason, Report};
 use crate::error::{Error, Result};
+
+/// Damage that stays on disk (it is not a torn tail to cut off), to be quarantined once every
+/// segment, and so every [`Note`], has been read.
+#[derive(Debug)]
+struct Kept {
+    path: PathBuf,
+    /// The byte range of the segment to quarantine.
+    note: Note,
+    seq: Option<u64>,
+    time_ms: u64,
+}
+
+/// Reads `len` bytes at `offset` of `path`: a range recovery found in the file, so it exists.
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    f.take(len).read_to_end(&mut out)?;
+    Ok(out)
+}
 
 impl Worker {
     /// Recovers the state of the directory. On success the worker is ready to run and its state
@@ -63,6 +87,10 @@ impl Worker {
         // damage; remember the ranges and report those not yet consumed once the head is known.
         let mut expected: Option<u64> = None;
         let mut gaps: Vec<(u64, u64)> = Vec::new();
+        // What earlier opens already quarantined and reported, and the damage found now that
+        // stays in place; see `Note`.
+        let mut notes: HashSet<Note> = HashSet::new();
+        let mut kept: Vec<Kept> = Vec::new();
         for (i, (base, path)) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
             match expected {
@@ -99,10 +127,18 @@ impl Worker {
                         header,
                         data_ok,
                     } => {
-                        let start = offset as usize + super::format::RECORD_HEADER_LEN;
+                        let start = offset as usize + RECORD_HEADER_LEN;
                         let payload = &data[start..start + header.len as usize];
                         match header.kind {
-                            Kind::Head => head = head.max(header.seq),
+                            Kind::Head => match Note::decode(&header, payload) {
+                                // A note whose payload fails its checksum is ignored: the worst
+                                // outcome is quarantining and reporting its damage again.
+                                Some(note) if data_ok => {
+                                    notes.insert(note);
+                                }
+                                Some(_) => {}
+                                None => head = head.max(header.seq),
+                            },
                             Kind::Entry if !data_ok && at_tail => {
                                 // Most likely a write torn by a crash before its fsync returned
                                 // (so never acknowledged); quarantined either way.
@@ -132,24 +168,34 @@ impl Worker {
                             }
                             // An entry out of sequence order, or a quarantine record inside a
                             // segment: not something this queue wrote there. Keep, report.
-                            Kind::Entry | Kind::Quarantined => {
-                                let seq = (header.kind == Kind::Entry).then_some(header.seq);
-                                self.write_quarantine(
-                                    seq,
-                                    header.time_ms,
-                                    QuarantineReason::Garbled,
-                                    payload,
-                                )?;
-                            }
+                            Kind::Entry | Kind::Quarantined => kept.push(Kept {
+                                path: path.clone(),
+                                note: Note::Damage {
+                                    segment: base,
+                                    offset: start as u64,
+                                    len: u64::from(header.len),
+                                },
+                                seq: (header.kind == Kind::Entry).then_some(header.seq),
+                                time_ms: header.time_ms,
+                            }),
                         }
                     }
                     Item::Damage { offset, len, tail } => {
-                        let bytes = &data[offset as usize..(offset + len) as usize];
                         if tail && is_last {
+                            let bytes = &data[offset as usize..(offset + len) as usize];
                             self.write_quarantine(None, 0, QuarantineReason::TornTail, bytes)?;
                             truncate_at = Some(offset);
                         } else {
-                            self.write_quarantine(None, 0, QuarantineReason::Garbled, bytes)?;
+                            kept.push(Kept {
+                                path: path.clone(),
+                                note: Note::Damage {
+                                    segment: base,
+                                    offset,
+                                    len,
+                                },
+                                seq: None,
+                                time_ms: 0,
+                            });
                         }
                     }
                 }
@@ -173,11 +219,33 @@ impl Worker {
         if let Some(first) = self.segments.front() {
             head = head.max(first.base);
         }
+        // Damage left in place: quarantined (and fsync'd) before its note is written, so a crash
+        // in between can only quarantine it twice, never lose it.
+        let mut new_notes = Vec::new();
+        for k in kept {
+            if notes.contains(&k.note) {
+                continue;
+            }
+            if let Note::Damage { offset, len, .. } = k.note {
+                let bytes =
+                    read_range(&k.path, offset, len).map_err(Error::io("reading damage"))?;
+                self.write_quarantine(k.seq, k.time_ms, QuarantineReason::Garbled, &bytes)?;
+            }
+            new_notes.push(k.note);
+        }
         for (first, last) in gaps {
-            if last >= head {
-                let first = first.max(head);
-                tracing::warn!(first, last, "paho-queue: entries missing after damage");
-                self.pending.reports.push(Report::Missing { first, last });
+            let note = Note::Gap { first, last };
+            if last >= head && !notes.contains(&note) {
+                tracing::warn!(
+                    first = first.max(head),
+                    last,
+                    "paho-queue: entries missing after damage"
+                );
+                self.pending.reports.push(Report::Missing {
+                    first: first.max(head),
+                    last,
+                });
+                new_notes.push(note);
             }
         }
         while self.index.front().is_some_and(|s| s.seq < head) {
@@ -200,7 +268,10 @@ impl Worker {
             .seek(SeekFrom::Start(len))
             .map_err(Error::io("seeking to the end of the active segment"))?;
         self.active = Some(active);
-        Ok(())
+        for note in &new_notes {
+            note.encode(&mut self.buf);
+        }
+        self.commit(true)
     }
 
     fn rewrite_header(&mut self, path: &PathBuf, base: u64) -> Result<()> {
