@@ -98,13 +98,16 @@ pub trait Queue: Send + Sync {
     /// sequence number once the entry is stored: for [`FileQueue`], once it is fsync'd.
     ///
     /// When the queue is at a limit the [`Overflow`] policy applies: wait for room, fail with
-    /// [`Error::Full`], or drop the oldest entries (listed in the receipt).
+    /// [`Error::Full`], or drop the oldest entries (listed in the receipt). Producers waiting
+    /// for room get it in the order they started waiting; one that arrives while others wait
+    /// queues behind them even if its entry would fit, so a large entry is never starved.
     ///
     /// # Errors
     /// [`Error::EntryTooLarge`], [`Error::Full`], and for [`FileQueue`] I/O errors.
     ///
     /// # Cancel safety
-    /// Dropping the future while it waits for room (policy `Block`) enqueues nothing. Once the
+    /// Dropping the future while it waits for room (policy `Block`) enqueues nothing and gives
+    /// its place in line to the next waiting producer. Once the
     /// entry has been handed to the file queue's I/O thread, dropping the future does not
     /// withdraw it: the entry may still be stored, you just do not learn its sequence number.
     /// [`MemoryQueue`] completes on its first poll unless it waits for room.

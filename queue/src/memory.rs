@@ -131,8 +131,10 @@ impl Queue for MemoryQueue {
         let at_ms = to_millis(enqueued_at);
         let limits = self.limits;
         let mut payload = Some(payload);
-        WaitFor::new(&self.state, State::space, move |s: &mut State| {
-            if limits.fits(s.entries.len() as u64, s.bytes, len) {
+        // Fair: a producer that finds others already waiting for room queues behind them, so a
+        // large entry is not starved by smaller ones that fit into each bit of freed room.
+        WaitFor::fair(&self.state, State::space, move |s: &mut State, first| {
+            if first && limits.fits(s.entries.len() as u64, s.bytes, len) {
                 return Some(Ok(s.push(payload.take()?, at_ms, Vec::new())));
             }
             match limits.overflow() {
@@ -164,7 +166,7 @@ impl Queue for MemoryQueue {
     }
 
     async fn wait_non_empty(&self) -> Result<()> {
-        WaitFor::new(&self.state, State::non_empty, |s: &mut State| {
+        WaitFor::new(&self.state, State::non_empty, |s: &mut State, _| {
             (!s.entries.is_empty()).then_some(())
         })
         .await;

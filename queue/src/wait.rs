@@ -18,6 +18,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Wakers of tasks waiting for one kind of event, keyed so a dropped waiter can deregister.
+///
+/// Kept in arrival order, and a waiter stays in the set until it completes or is dropped
+/// (waking does not remove it), so the set also tells who came first: see [`WaitFor::fair`].
 #[derive(Debug, Default)]
 pub(crate) struct WakerSet {
     next_id: u64,
@@ -48,27 +51,40 @@ impl WakerSet {
     /// Wakes every waiter. Waiters re-check their condition, so spurious wake-ups are harmless;
     /// waking all keeps the logic simple and the sets are small (one per blocked task).
     pub(crate) fn wake_all(&mut self) {
-        for (_, w) in self.wakers.drain(..) {
-            w.wake();
+        for (_, w) in &self.wakers {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Whether no waiter registered before the one whose id is `id` (`None`: not registered,
+    /// so it would come last) is still waiting.
+    fn is_first(&self, id: Option<u64>) -> bool {
+        match self.wakers.first() {
+            None => true,
+            Some((first, _)) => Some(*first) == id,
         }
     }
 }
 
 /// A future that locks `state`, runs `check`, and either completes with its value or parks in
 /// the waker set chosen by `set`. Deregisters on drop, so cancelling it leaves nothing behind.
+///
+/// `check` also gets whether this waiter is first in line (no earlier waiter in the set is still
+/// waiting); a [fair](WaitFor::fair) waiter uses it to take its turn in arrival order.
 pub(crate) struct WaitFor<'a, S, T, F>
 where
-    F: FnMut(&mut S) -> Option<T>,
+    F: FnMut(&mut S, bool) -> Option<T>,
 {
     state: &'a Mutex<S>,
     set: fn(&mut S) -> &mut WakerSet,
     check: F,
     id: Option<u64>,
+    fair: bool,
 }
 
 impl<'a, S, T, F> WaitFor<'a, S, T, F>
 where
-    F: FnMut(&mut S) -> Option<T>,
+    F: FnMut(&mut S, bool) -> Option<T>,
 {
     pub(crate) fn new(state: &'a Mutex<S>, set: fn(&mut S) -> &mut WakerSet, check: F) -> Self {
         WaitFor {
@@ -76,22 +92,37 @@ where
             set,
             check,
             id: None,
+            fair: false,
         }
+    }
+
+    /// A waiter whose `check` only succeeds when it is first in line. When it completes or is
+    /// dropped it wakes the waiters behind it, since the next one's turn has come (without that,
+    /// room left by a cancelled producer would wait for an unrelated event).
+    pub(crate) fn fair(state: &'a Mutex<S>, set: fn(&mut S) -> &mut WakerSet, check: F) -> Self {
+        let mut w = WaitFor::new(state, set, check);
+        w.fair = true;
+        w
     }
 }
 
 impl<S, T, F> Future for WaitFor<'_, S, T, F>
 where
-    F: FnMut(&mut S) -> Option<T> + Unpin,
+    F: FnMut(&mut S, bool) -> Option<T> + Unpin,
 {
     type Output = T;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let this = self.get_mut();
         let mut guard = lock(this.state);
-        if let Some(v) = (this.check)(&mut guard) {
+        let first = (this.set)(&mut guard).is_first(this.id);
+        if let Some(v) = (this.check)(&mut guard, first) {
+            let set = (this.set)(&mut guard);
             if let Some(id) = this.id.take() {
-                (this.set)(&mut guard).remove(id);
+                set.remove(id);
+            }
+            if this.fair {
+                set.wake_all();
             }
             return Poll::Ready(v);
         }
@@ -102,19 +133,23 @@ where
 
 impl<S, T, F> Drop for WaitFor<'_, S, T, F>
 where
-    F: FnMut(&mut S) -> Option<T>,
+    F: FnMut(&mut S, bool) -> Option<T>,
 {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             let mut guard = lock(self.state);
-            (self.set)(&mut guard).remove(id);
+            let set = (self.set)(&mut guard);
+            set.remove(id);
+            if self.fair {
+                set.wake_all();
+            }
         }
     }
 }
 
 impl<S, T, F> std::fmt::Debug for WaitFor<'_, S, T, F>
 where
-    F: FnMut(&mut S) -> Option<T>,
+    F: FnMut(&mut S, bool) -> Option<T>,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WaitFor").field("id", &self.id).finish()

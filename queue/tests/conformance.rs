@@ -224,6 +224,77 @@ async fn block_waits_for_room<Q: Queue + 'static>(q: Arc<Q>) {
     assert_eq!(got, vec![b("b")]);
 }
 
+/// A waker that records whether it was woken.
+#[derive(Default)]
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Flag {
+    fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Blocked producers get room in arrival order: a small entry arriving later must not take the
+/// room a large one is waiting for (under steady small traffic the large one would starve).
+async fn block_is_first_come_first_served<Q: Queue>(q: &Q) {
+    for p in ["a", "b", "c", "d"] {
+        q.enqueue(b(p), at(1)).await.unwrap();
+    }
+    let mut big = pin!(q.enqueue(b("XXX"), at(2)));
+    assert!(pending_once(big.as_mut()), "full: the big entry waits");
+    let e = q.peek().unwrap().unwrap();
+    q.finish(e, Finish::Remove).await.unwrap();
+    // One byte is free: enough for the small entry, not for the big one ahead of it.
+    let mut small = pin!(q.enqueue(b("s"), at(3)));
+    let early = match small.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => Some(r.unwrap().seq()),
+        Poll::Pending => None,
+    };
+    drain(q).await;
+    let big = big.await.unwrap().seq();
+    let small = match early {
+        Some(seq) => seq,
+        None => small.await.unwrap().seq(),
+    };
+    assert!(big < small, "first come, first served: {big} then {small}");
+}
+
+/// A blocked producer that is dropped while first in line passes its turn on: the producer
+/// behind it is woken (not left waiting for a removal that may never come).
+async fn cancelled_blocked_producer_wakes_the_next<Q: Queue>(q: &Q) {
+    for p in ["a", "b", "c", "d"] {
+        q.enqueue(b(p), at(1)).await.unwrap();
+    }
+    let mut first = Box::pin(q.enqueue(b("XXX"), at(2)));
+    assert!(pending_once(first.as_mut()));
+    let e = q.peek().unwrap().unwrap();
+    q.finish(e, Finish::Remove).await.unwrap();
+    let flag = Arc::new(Flag::default());
+    let waker = Waker::from(Arc::clone(&flag));
+    let mut next = pin!(q.enqueue(b("y"), at(3)));
+    assert!(
+        next.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending(),
+        "waits behind the first producer"
+    );
+    flag.take();
+    drop(first);
+    assert!(
+        flag.take(),
+        "the next producer is woken when the first gives up"
+    );
+    let r = next.await.unwrap();
+    assert!(r.seq() > 4);
+    assert_eq!(q.len(), 4);
+}
+
 async fn drop_oldest_by_entries<Q: Queue>(q: &Q) {
     let s1 = q.enqueue(b("1"), at(1)).await.unwrap().seq();
     q.enqueue(b("2"), at(2)).await.unwrap();
@@ -349,6 +420,18 @@ macro_rules! conformance {
             async fn block_waits_for_bytes() {
                 let h = $make(limits(None, Some(1), Overflow::Block)).await;
                 super::block_waits_for_room(Arc::clone(&h.q)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn block_is_first_come_first_served() {
+                let h = $make(limits(None, Some(4), Overflow::Block)).await;
+                super::block_is_first_come_first_served(&*h.q).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cancelled_blocked_producer_wakes_the_next() {
+                let h = $make(limits(None, Some(4), Overflow::Block)).await;
+                super::cancelled_blocked_producer_wakes_the_next(&*h.q).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,13 +327,15 @@ impl FileQueue {
     /// Waits for room under `Block`, or fails under `Reject`, and reserves it.
     async fn reserve(&self, len: u64) -> Result<Reservation<'_>> {
         let limits = self.limits;
-        WaitFor::new(&self.shared, Shared::space, move |s: &mut Shared| {
+        // Fair: a producer that finds others already waiting for room queues behind them, so a
+        // large entry is not starved by smaller ones that fit into each bit of freed room.
+        WaitFor::fair(&self.shared, Shared::space, move |s: &mut Shared, first| {
             if let Some(msg) = &s.failed {
                 return Some(Err(Error::Failed(msg.clone())));
             }
             let entries = s.entries + s.reserved_entries;
             let bytes = s.bytes + s.reserved_bytes;
-            if limits.fits(entries, bytes, len) {
+            if first && limits.fits(entries, bytes, len) {
                 s.reserved_entries += 1;
                 s.reserved_bytes += len;
                 return Some(Ok(()));
@@ -408,7 +410,7 @@ impl Queue for FileQueue {
     }
 
     async fn wait_non_empty(&self) -> Result<()> {
-        WaitFor::new(&self.shared, Shared::non_empty, |s: &mut Shared| {
+        WaitFor::new(&self.shared, Shared::non_empty, |s: &mut Shared, _| {
             if let Some(msg) = &s.failed {
                 return Some(Err(Error::Failed(msg.clone())));
             }
