@@ -52,6 +52,9 @@ pub(crate) struct Config {
     /// Unit tests only: every fsync first takes (and releases) this lock.
     #[cfg(test)]
     pub(crate) pause_fsync: Option<Arc<Mutex<()>>>,
+    /// Unit tests only: the I/O thread panics in its first batch.
+    #[cfg(test)]
+    pub(crate) panic_in_batch: bool,
 }
 
 /// Requests from async callers to the I/O thread.
@@ -93,6 +96,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The I/O thread is gone without closing the queue (it panicked): nothing will ever update
+    /// this state again, so fail the queue and wake every waiter rather than leave them waiting.
+    fn io_thread_gone(&mut self) {
+        if self.failed.is_none() {
+            self.failed = Some("the queue's I/O thread stopped unexpectedly".into());
+        }
+        self.head = None;
+        self.non_empty.wake_all();
+        self.space.wake_all();
+    }
+
     fn non_empty(&mut self) -> &mut WakerSet {
         &mut self.non_empty
     }
@@ -198,9 +212,11 @@ impl FileQueueBuilder {
         let (ready_tx, ready_rx) = oneshot::channel();
         let cfg = self.cfg.clone();
         let worker_shared = Arc::clone(&shared);
+        let on_panic = FailOnPanic(Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name("paho-queue-io".into())
             .spawn(move || {
+                let _on_panic = on_panic;
                 let mut worker = Worker::new(cfg, worker_shared);
                 match worker.recover() {
                     Ok(()) => {
@@ -242,6 +258,8 @@ impl FileQueue {
                 fail_fsync_after: None,
                 #[cfg(test)]
                 pause_fsync: None,
+                #[cfg(test)]
+                panic_in_batch: false,
             },
         }
     }
@@ -312,9 +330,17 @@ impl FileQueue {
 
     fn send(&self, cmd: Command) -> Result<()> {
         match &self.tx {
-            Some(tx) => tx.send(cmd).map_err(|_| Error::Closed),
+            Some(tx) => tx.send(cmd).map_err(|_| self.thread_gone()),
             None => Err(Error::Closed),
         }
+    }
+
+    /// A command could not be sent or was dropped unanswered. While the queue is open (and
+    /// `&self` proves it is) that means the I/O thread died. The caller that notices marks the
+    /// queue failed before returning, so no other waiter depends on the thread's own clean-up.
+    fn thread_gone(&self) -> Error {
+        lock(&self.shared).io_thread_gone();
+        Error::Closed
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -351,6 +377,19 @@ impl FileQueue {
             len,
             armed: true,
         })
+    }
+}
+
+/// Held by the I/O thread: if it unwinds, the queue is marked failed and every waiter woken.
+#[derive(Debug)]
+struct FailOnPanic(Arc<Mutex<Shared>>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("paho-queue: the I/O thread panicked; the queue has failed");
+            lock(&self.0).io_thread_gone();
+        }
     }
 }
 
@@ -406,7 +445,7 @@ impl Queue for FileQueue {
         if let Some(r) = &mut reservation {
             r.armed = false;
         }
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| self.thread_gone())?
     }
 
     async fn wait_non_empty(&self) -> Result<()> {
@@ -454,7 +493,7 @@ impl Queue for FileQueue {
             quarantine,
             reply,
         })?;
-        rx.await.map_err(|_| Error::Closed)?
+        rx.await.map_err(|_| self.thread_gone())?
     }
 
     fn len(&self) -> u64 {
@@ -592,6 +631,54 @@ mod tests {
             assert_eq!(seqs, (1..=16).collect::<Vec<u64>>());
             let fsyncs = q.stats().fsyncs - before;
             assert!(fsyncs <= 2, "{fsyncs} fsyncs for 16 enqueues");
+        });
+    }
+
+    /// If the I/O thread dies (a bug), waiters that only watch the shared state must not wait
+    /// forever: they are woken with `Error::Failed`.
+    #[test]
+    fn a_dead_io_thread_fails_waiters_instead_of_hanging_them() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Wake, Waker};
+
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let limits = Limits::builder().max_entries(1).build().unwrap();
+            let mut b = FileQueue::builder(tmp.path()).limits(limits);
+            b.cfg.panic_in_batch = true;
+            let q = b.open().await.unwrap();
+            let flag = Arc::new(Flag(false.into()));
+            let waker = Waker::from(Arc::clone(&flag));
+            let mut cx = Context::from_waker(&waker);
+            let mut waiting = Box::pin(q.wait_non_empty());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+
+            // The enqueue's batch kills the thread: its caller learns at once.
+            let err = q.enqueue(Bytes::from_static(b"x"), UNIX_EPOCH).await;
+            assert!(err.is_err(), "{err:?}");
+            assert!(
+                flag.0.load(std::sync::atomic::Ordering::SeqCst),
+                "waiter woken"
+            );
+            assert!(matches!(
+                waiting.as_mut().poll(&mut cx),
+                Poll::Ready(Err(Error::Failed(_)))
+            ));
+            assert!(matches!(q.peek(), Err(Error::Failed(_))));
+            assert!(matches!(
+                q.enqueue(Bytes::from_static(b"y"), UNIX_EPOCH).await,
+                Err(Error::Failed(_))
+            ));
         });
     }
 

@@ -224,6 +224,10 @@ impl Worker {
 
     /// Processes one batch; returns true if the queue is closing.
     fn process(&mut self, batch: Vec<Command>) -> bool {
+        #[cfg(test)]
+        if self.cfg.panic_in_batch {
+            panic!("injected I/O thread panic");
+        }
         self.batch_error = None;
         let mut answers = Vec::with_capacity(batch.len());
         let mut need_sync = false;
