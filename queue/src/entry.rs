@@ -221,6 +221,11 @@ pub struct Stats {
     /// Reports discarded because [`Queue::take_reports`](crate::Queue::take_reports) was not
     /// called often enough (the oldest are discarded first).
     pub reports_discarded: u64,
+    /// Quarantined entries discarded from [`MemoryQueue`](crate::MemoryQueue)'s bounded
+    /// quarantine list because [`take_quarantined`](crate::MemoryQueue::take_quarantined) was
+    /// not called often enough (always 0 for [`FileQueue`](crate::FileQueue), whose quarantine
+    /// is a file).
+    pub quarantine_discarded: u64,
 }
 
 /// The report buffer keeps at most this many reports.

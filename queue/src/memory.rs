@@ -53,8 +53,15 @@ struct State {
     space: WakerSet,
     reports: Reports,
     stats: Stats,
-    quarantined: Vec<Entry>,
+    /// Newest last; bounded, see [`QUARANTINE_CAPACITY`].
+    quarantined: VecDeque<Entry>,
+    quarantined_bytes: u64,
 }
+
+/// The quarantine list keeps at most this many entries (and, if the queue has a byte limit, at
+/// most that many payload bytes), so a consumer that never calls
+/// [`MemoryQueue::take_quarantined`] cannot grow memory without bound.
+const QUARANTINE_CAPACITY: usize = 4096;
 
 impl State {
     fn non_empty(&mut self) -> &mut WakerSet {
@@ -108,7 +115,8 @@ impl MemoryQueue {
                 space: WakerSet::default(),
                 reports: Reports::default(),
                 stats: Stats::default(),
-                quarantined: Vec::new(),
+                quarantined: VecDeque::new(),
+                quarantined_bytes: 0,
             }),
         }
     }
@@ -118,9 +126,14 @@ impl MemoryQueue {
         self.limits
     }
 
-    /// Takes the entries quarantined so far (the memory queue's quarantine is this list).
+    /// Takes the entries quarantined since the last call, oldest first (the memory queue's
+    /// quarantine is this list). It keeps the newest 4,096 entries, and no more payload bytes
+    /// than the queue's byte limit if it has one; older ones are discarded and counted in
+    /// [`Stats::quarantine_discarded`] (each was reported when it was quarantined).
     pub fn take_quarantined(&self) -> Vec<Entry> {
-        std::mem::take(&mut lock(&self.state).quarantined)
+        let mut s = lock(&self.state);
+        s.quarantined_bytes = 0;
+        s.quarantined.drain(..).collect()
     }
 }
 
@@ -200,7 +213,19 @@ impl Queue for MemoryQueue {
                         reason: QuarantineReason::Unreadable,
                         len: e.payload().len() as u64,
                     });
-                    s.quarantined.push(e);
+                    let len = e.payload().len() as u64;
+                    let max_bytes = self.limits.max_bytes().unwrap_or(u64::MAX);
+                    while !s.quarantined.is_empty()
+                        && (s.quarantined.len() >= QUARANTINE_CAPACITY
+                            || s.quarantined_bytes.saturating_add(len) > max_bytes)
+                    {
+                        if let Some(old) = s.quarantined.pop_front() {
+                            s.quarantined_bytes -= old.payload().len() as u64;
+                            s.stats.quarantine_discarded += 1;
+                        }
+                    }
+                    s.quarantined_bytes += len;
+                    s.quarantined.push_back(e);
                 }
             }
         }
@@ -226,5 +251,46 @@ impl Queue for MemoryQueue {
 
     fn take_reports(&self) -> Vec<Report> {
         lock(&self.state).reports.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quarantine_all(q: &MemoryQueue, payloads: impl Iterator<Item = Bytes>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for p in payloads {
+                q.enqueue(p, SystemTime::UNIX_EPOCH).await.unwrap();
+                let e = q.peek().unwrap().unwrap();
+                q.finish(e, Finish::Quarantine).await.unwrap();
+            }
+        });
+    }
+
+    /// A consumer that quarantines a lot and never takes the list must not grow memory without
+    /// bound: the list keeps the newest entries (by count, and by the byte limit if any).
+    #[test]
+    fn quarantine_list_is_bounded() {
+        let q = MemoryQueue::default();
+        let n = 4096 + 3;
+        quarantine_all(&q, (0..n).map(|i| Bytes::from(i.to_string())));
+        let kept = q.take_quarantined();
+        assert_eq!(kept.len(), 4096);
+        assert_eq!(kept[0].payload(), &Bytes::from("3"));
+        assert_eq!(q.stats().quarantine_discarded, 3);
+        assert_eq!(q.stats().quarantined, n);
+
+        let q = MemoryQueue::new(Limits::builder().max_bytes(10).build().unwrap());
+        quarantine_all(&q, ["aaaa", "bbbb", "cccc"].into_iter().map(Bytes::from));
+        let kept: Vec<Bytes> = q
+            .take_quarantined()
+            .into_iter()
+            .map(Entry::into_payload)
+            .collect();
+        assert_eq!(kept, vec![Bytes::from("bbbb"), Bytes::from("cccc")]);
     }
 }
