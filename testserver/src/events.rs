@@ -1,0 +1,142 @@
+//! What tests can observe: a log of every packet the server received and sent, per
+//! connection, and a way to wait for an entry.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use paho_packets::{DisconnectReasonCode, Packet};
+use tokio::sync::Notify;
+
+/// Identifies one network connection (TCP or duplex pipe) to the server, in accept order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The number behind the id (1 for the first connection).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client sent DISCONNECT with this reason.
+    ClientDisconnect(DisconnectReasonCode),
+    /// The server sent DISCONNECT with this reason (protocol error, fault, takeover, ...).
+    ServerDisconnect(DisconnectReasonCode),
+    /// The server refused the CONNECT with a failure CONNACK.
+    Refused,
+    /// The client closed the link without DISCONNECT, or it failed.
+    LinkClosed,
+    /// A [`Fault::Drop`](crate::Fault::Drop) closed the link.
+    Dropped,
+    /// The server was shut down.
+    Shutdown,
+}
+
+/// What happened on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A connection was accepted.
+    Opened,
+    /// A packet arrived from the client (logged before any fault or processing).
+    Received(Packet),
+    /// A packet was queued for writing to the client (after withholding and topic aliasing,
+    /// so this is what goes on the wire).
+    Sent(Packet),
+    /// Raw bytes were queued for writing by [`Fault::SendRaw`](crate::Fault::SendRaw).
+    SentRaw(Bytes),
+    /// The server could not decode what the client sent; it closes the connection.
+    Malformed(String),
+    /// The connection ended.
+    Closed(CloseReason),
+}
+
+/// One entry of the server's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The connection.
+    pub conn: ConnId,
+    /// The client id once the CONNECT was read (the assigned one if the server assigned it).
+    pub client_id: Option<String>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The packet received from the client, if this is a [`EventKind::Received`].
+    pub fn received(&self) -> Option<&Packet> {
+        match &self.kind {
+            EventKind::Received(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The packet sent to the client, if this is a [`EventKind::Sent`].
+    pub fn sent(&self) -> Option<&Packet> {
+        match &self.kind {
+            EventKind::Sent(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// The append-only log and the notification that wakes waiters on every append.
+#[derive(Debug, Default)]
+pub(crate) struct EventLog {
+    entries: Mutex<Vec<Event>>,
+    appended: Notify,
+}
+
+impl EventLog {
+    pub(crate) fn push(&self, event: Event) {
+        tracing::trace!(conn = %event.conn, client = ?event.client_id, kind = ?event.kind, "testserver event");
+        lock(&self.entries).push(event);
+        self.appended.notify_waiters();
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Event> {
+        lock(&self.entries).clone()
+    }
+
+    pub(crate) fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+
+    /// Wakes waiters without appending (used when the connection count changes).
+    pub(crate) fn poke(&self) {
+        self.appended.notify_waiters();
+    }
+
+    /// Waits until `check` returns `Some` for the log; `check` sees the whole log each time.
+    pub(crate) async fn wait<T>(&self, mut check: impl FnMut(&[Event]) -> Option<T>) -> T {
+        loop {
+            // Register interest before looking, so an append between the look and the await
+            // is not missed.
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = check(&lock(&self.entries)) {
+                return found;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: a test that panicked while holding it has already
+/// failed, and the data (a log, a map) is still consistent enough to read.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,394 @@
+//! [`TestServer`]: starting the broker, attaching clients (TCP or in-memory pipes),
+//! observing it and shutting it down.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use paho_packets::{Packet, PacketType, Publish};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::broker::{AfterClose, Broker, ConnCmd, LiveConn};
+use crate::config::{Builder, Config};
+use crate::conn::Conn;
+use crate::events::{lock, ConnId, Event, EventKind, EventLog};
+use crate::faults::{ConnFault, FaultState, Faults, Target};
+use crate::Error;
+
+/// State shared by the server handle, the fault handle and every task.
+pub(crate) struct Shared {
+    pub(crate) broker: Mutex<Broker>,
+    pub(crate) faults: Mutex<FaultState>,
+    pub(crate) events: EventLog,
+    tasks: Mutex<JoinSet<()>>,
+    runtime: Handle,
+    shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    /// Spawns a task the server owns (aborted at drop, awaited at shutdown).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = lock(&self.tasks);
+        // Reap finished tasks so a long test does not accumulate them.
+        while tasks.try_join_next().is_some() {}
+        if *self.shutdown.borrow() {
+            return;
+        }
+        tasks.spawn_on(task, &self.runtime);
+    }
+
+    /// Starts serving one client over `io`.
+    pub(crate) fn serve<T>(self: &Arc<Self>, io: T) -> ConnId
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.broker).conns.insert(
+            id,
+            LiveConn {
+                client_id: None,
+                tx: tx.clone(),
+            },
+        );
+        self.events.push(Event {
+            conn: id,
+            client_id: None,
+            kind: EventKind::Opened,
+        });
+        let conn = Conn::new(self.clone(), id, tx);
+        let shutdown = self.shutdown.subscribe();
+        self.spawn(conn.run(io, rx, shutdown));
+        id
+    }
+
+    /// Sends a fault command to the live connections `target` names.
+    pub(crate) fn send_to_conns(&self, target: &Target, make: impl Fn() -> ConnFault) -> usize {
+        let broker = lock(&self.broker);
+        broker
+            .conns
+            .iter()
+            .filter(|(id, c)| match target {
+                Target::All => true,
+                Target::Conn(want) => *id == want,
+                Target::Client(want) => c.client_id.as_deref() == Some(want.as_str()),
+            })
+            .filter(|(_, c)| c.tx.send(ConnCmd::Fault(make())).is_ok())
+            .count()
+    }
+
+    /// Starts the timers a closed connection left: delayed will, session expiry.
+    pub(crate) fn spawn_after_close(self: &Arc<Self>, after: AfterClose) {
+        let shared = self.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        self.spawn(async move {
+            let timers = async {
+                let start = Instant::now();
+                if let Some(d) = after.will_delay {
+                    tokio::time::sleep_until(start + d).await;
+                    lock(&shared.broker).will_due(
+                        &after.client_id,
+                        after.generation,
+                        Instant::now(),
+                    );
+                }
+                if let Some(e) = after.expiry {
+                    tokio::time::sleep_until(start + e).await;
+                    lock(&shared.broker).expiry_due(&after.client_id, after.generation);
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = timers => {}
+            }
+        });
+    }
+}
+
+/// An in-process MQTT v5 broker for tests.
+///
+/// Started with [`TestServer::start`] or [`TestServer::builder`]; it listens on
+/// `127.0.0.1:<free port>` ([`TestServer::addr`]) and serves in-memory pipes
+/// ([`TestServer::connect_duplex`]). Faults are scripted through [`TestServer::faults`] and
+/// everything that crosses the wire is logged ([`TestServer::events`],
+/// [`TestServer::wait_for`]).
+///
+/// Dropping the server aborts all its tasks; [`TestServer::shutdown`] stops them gracefully
+/// and waits for them.
+pub struct TestServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .field("connections", &self.connection_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestServer {
+    /// A builder for a server with non-default CONNACK values or behaviours.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Starts a server with default settings.
+    pub async fn start() -> Result<TestServer, Error> {
+        Builder::default().start().await
+    }
+
+    pub(crate) async fn start_with(config: Config) -> Result<TestServer, Error> {
+        let runtime = Handle::try_current()?;
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            broker: Mutex::new(Broker::new(config)),
+            faults: Mutex::new(FaultState::default()),
+            events: EventLog::default(),
+            tasks: Mutex::new(JoinSet::new()),
+            runtime,
+            shutdown,
+            next_conn: AtomicU64::new(0),
+        });
+        let accept = shared.clone();
+        let mut stop = shared.shutdown.subscribe();
+        shared.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    r = listener.accept() => match r {
+                        Ok((stream, _)) => {
+                            // Acks are small; do not let Nagle delay them.
+                            let _ = stream.set_nodelay(true);
+                            accept.serve(stream);
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off a little
+                            // instead of spinning.
+                            tracing::warn!(error = %e, "testserver accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    },
+                }
+            }
+        });
+        tracing::debug!(%addr, "testserver listening");
+        Ok(TestServer { shared, addr })
+    }
+
+    /// The TCP address the server listens on (`127.0.0.1`, a free port).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connects a new client over TCP (Nagle off).
+    pub async fn connect_tcp(&self) -> Result<TcpStream, Error> {
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Connects a new client over an in-memory pipe and returns the client's end. Works with
+    /// tokio's paused clock. After [`TestServer::shutdown`] the pipe is closed at once.
+    pub fn connect_duplex(&self) -> DuplexStream {
+        let size = lock(&self.shared.broker).config.duplex_buffer;
+        let (client, server) = tokio::io::duplex(size);
+        self.shared.serve(server);
+        client
+    }
+
+    /// Serves a client over any transport the test made (for example a pipe with its own
+    /// fault injection). Returns the connection's id.
+    pub fn serve<T>(&self, io: T) -> ConnId
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        self.shared.serve(io)
+    }
+
+    /// The handle that scripts faults.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Changes settings for connections made from now on (live ones keep theirs).
+    pub fn reconfigure(&self, change: impl FnOnce(&mut Builder)) -> Result<(), Error> {
+        let mut broker = lock(&self.shared.broker);
+        let mut builder = Builder {
+            config: broker.config.clone(),
+        };
+        change(&mut builder);
+        builder.config.validate()?;
+        broker.config = builder.config;
+        Ok(())
+    }
+
+    /// Publishes a message as the server itself (no client is its origin, so no-local never
+    /// filters it), for example to feed a subscriber without a second client. Returns how
+    /// many sessions it was routed to. The topic must be a full topic name.
+    pub fn publish(&self, publish: Publish) -> usize {
+        let mut p = publish;
+        p.packet_id = None;
+        p.dup = false;
+        p.properties.topic_alias = None;
+        lock(&self.shared.broker).route(&p, "", Instant::now())
+    }
+
+    /// Every event so far, in order.
+    pub fn events(&self) -> Vec<Event> {
+        self.shared.events.snapshot()
+    }
+
+    /// Every packet received from any client so far, in order.
+    pub fn received(&self) -> Vec<Packet> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Received(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every packet sent to any client so far, in order.
+    pub fn sent(&self) -> Vec<Packet> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Sent(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Forgets the events logged so far (waits then look at later ones only).
+    pub fn clear_events(&self) {
+        self.shared.events.clear();
+    }
+
+    /// Waits until an event matching `pred` is in the log (looking at the whole log, from
+    /// the first event or the last [`TestServer::clear_events`]) and returns the first such.
+    ///
+    /// Cancel safe. Never times out by itself: wrap it in `tokio::time::timeout` if the test
+    /// needs a bound (with a paused clock that costs no real time).
+    pub async fn wait_for(&self, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        self.shared
+            .events
+            .wait(|log| log.iter().find(|e| pred(e)).cloned())
+            .await
+    }
+
+    /// Waits until `n` events match `pred` and returns them.
+    pub async fn wait_for_count(
+        &self,
+        n: usize,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Vec<Event> {
+        self.shared
+            .events
+            .wait(|log| {
+                let found: Vec<Event> = log.iter().filter(|e| pred(e)).cloned().collect();
+                (found.len() >= n).then_some(found)
+            })
+            .await
+    }
+
+    /// Waits until a packet of `kind` has been received from a client and returns the first.
+    pub async fn wait_for_received(&self, kind: PacketType) -> Packet {
+        let event = self
+            .wait_for(|e| e.received().is_some_and(|p| p.packet_type() == kind))
+            .await;
+        match event.kind {
+            EventKind::Received(p) => p,
+            // wait_for only returns matching events.
+            _ => Packet::PingReq,
+        }
+    }
+
+    /// The number of live connections (accepted and not yet closed).
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.broker).conns.len()
+    }
+
+    /// Waits until exactly `n` connections are live. Cancel safe.
+    pub async fn wait_connection_count(&self, n: usize) {
+        let shared = &self.shared;
+        shared
+            .events
+            .wait(|_| (lock(&shared.broker).conns.len() == n).then_some(()))
+            .await
+    }
+
+    /// True when the server keeps a session for `client_id`.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        lock(&self.shared.broker).sessions.contains_key(client_id)
+    }
+
+    /// Discards the session of `client_id` if no connection is attached to it (as if it
+    /// expired); returns whether one was discarded.
+    pub fn discard_session(&self, client_id: &str) -> bool {
+        let mut broker = lock(&self.shared.broker);
+        let idle = broker
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.link.is_none());
+        if idle {
+            broker.sessions.remove(client_id);
+        }
+        idle
+    }
+
+    /// The topic filters `client_id` is subscribed to (including `$share/` prefixes).
+    pub fn subscriptions(&self, client_id: &str) -> Vec<String> {
+        lock(&self.shared.broker).subscriptions(client_id)
+    }
+
+    /// The retained messages, ordered by topic.
+    pub fn retained(&self) -> Vec<Publish> {
+        lock(&self.shared.broker).retained()
+    }
+
+    /// For `client_id`'s session: (QoS 1/2 deliveries sent and not yet acknowledged,
+    /// deliveries queued behind flow control or while offline); `None` without a session.
+    pub fn outbound(&self, client_id: &str) -> Option<(usize, usize)> {
+        lock(&self.shared.broker).outbound_counts(client_id)
+    }
+
+    /// Stops accepting, sends DISCONNECT 0x8B to every connected client, closes every
+    /// connection, cancels will and expiry timers, and waits until every task has ended.
+    /// Idempotent.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+        let mut tasks = std::mem::take(&mut *lock(&self.shared.tasks));
+        while tasks.join_next().await.is_some() {}
+        // A connection accepted while the set was being drained was never spawned (spawn
+        // checks the flag), but its entry may remain.
+        lock(&self.shared.broker).conns.clear();
+        self.shared.events.poke();
+    }
+
+    /// True once [`TestServer::shutdown`] has been called.
+    pub fn is_shut_down(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+        // The tasks hold the shared state, so they would keep each other alive: abort them.
+        lock(&self.shared.tasks).abort_all();
+    }
+}

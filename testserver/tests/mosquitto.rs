@@ -1,0 +1,83 @@
+//! The mosquitto harness against the real broker. Skips when mosquitto is not installed,
+//! fails instead when PAHO_REQUIRE_MOSQUITTO=1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use paho_packets::{Packet, QoS};
+use paho_testserver::mosquitto;
+use paho_testserver::raw::{publish, RawClient};
+use tokio::net::TcpStream;
+
+async fn raw(addr: std::net::SocketAddr) -> RawClient<TcpStream> {
+    RawClient::new(TcpStream::connect(addr).await.unwrap())
+}
+
+#[tokio::test]
+async fn start_connect_restart_stop() {
+    let Some(builder) = mosquitto::require() else {
+        return;
+    };
+    let mut broker = builder
+        .config("max_inflight_messages 3")
+        .persistence(true)
+        .start()
+        .await
+        .unwrap();
+    assert!(broker.addr().ip().is_loopback());
+    assert!(broker.port() > 0);
+
+    // A persistent session with a subscription.
+    let mut c = raw(broker.addr()).await;
+    let ack = c.connect_persistent("harness", 3600).await.unwrap();
+    assert!(!ack.reason_code.is_error(), "{ack:?}");
+    assert_eq!(
+        ack.properties.receive_maximum,
+        Some(3),
+        "the extra config line applies"
+    );
+    c.subscribe(1, "harness/t", QoS::AtLeastOnce).await.unwrap();
+    c.send(publish("harness/t", "hello", QoS::AtLeastOnce, 1))
+        .await
+        .unwrap();
+    let mut got = None;
+    for _ in 0..2 {
+        match c.expect().await.unwrap() {
+            Packet::Publish(p) => got = Some(p.payload),
+            Packet::PubAck(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+    drop(c);
+
+    let port = broker.port();
+    broker.restart().await.unwrap();
+    assert_eq!(broker.port(), port, "restart keeps the port");
+    let mut c = raw(broker.addr()).await;
+    let ack = c.connect_persistent("harness", 3600).await.unwrap();
+    assert!(
+        ack.session_present,
+        "persistence keeps the session across a restart"
+    );
+    drop(c);
+
+    broker.stop().await.unwrap();
+    assert!(!broker.is_running());
+    assert!(
+        TcpStream::connect(broker.addr()).await.is_err(),
+        "stopped means not listening"
+    );
+    assert!(broker.log().contains("mosquitto"), "the log is captured");
+}
+
+#[tokio::test]
+async fn two_brokers_get_different_ports() {
+    let Some(a) = mosquitto::start_or_skip().await else {
+        return;
+    };
+    let Some(b) = mosquitto::start_or_skip().await else {
+        return;
+    };
+    assert_ne!(a.port(), b.port());
+    let mut c = raw(b.addr()).await;
+    assert!(!c.connect("x").await.unwrap().reason_code.is_error());
+}
