@@ -49,6 +49,10 @@ impl Shared {
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1);
+        if *self.shutdown.borrow() {
+            // Dropping `io` closes the client's end at once.
+            return id;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.broker).conns.insert(
             id,
