@@ -177,6 +177,17 @@ fn run(n: u64, removed: u64, damages: &[Damage]) {
             q.peek().unwrap().unwrap().payload(),
             &Bytes::from_static(b"after")
         );
+        // Damage is quarantined and reported by the open that finds it, not again.
+        assert_eq!(q.take_reports(), vec![], "reported again on a later open");
+        let quarantine = FileQueue::read_quarantine(dir).unwrap().len();
+        q.close().await.unwrap();
+        let q = FileQueue::builder(dir)
+            .segment_bytes(4096)
+            .open()
+            .await
+            .unwrap();
+        assert_eq!(q.take_reports(), vec![]);
+        assert_eq!(FileQueue::read_quarantine(dir).unwrap().len(), quarantine);
     });
 }
 
