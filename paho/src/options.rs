@@ -140,7 +140,7 @@ impl ConnectOptions {
 }
 
 /// Builds [`ConnectOptions`]; [`build`](ConnectOptionsBuilder::build) validates.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnectOptionsBuilder {
     opts: ConnectOptions,
     error: Option<Error>,
