@@ -123,6 +123,7 @@ pub(crate) struct Broker {
     shared_next: HashMap<(String, String), usize>,
     pub(crate) conns: BTreeMap<ConnId, LiveConn>,
     assigned: u64,
+    generations: u64,
 }
 
 impl Broker {
@@ -171,7 +172,10 @@ impl Broker {
         }
         let present = self.sessions.contains_key(client_id);
         let session = self.sessions.entry(client_id.to_owned()).or_default();
-        session.generation += 1;
+        // Generations are unique across sessions, so a timer of a discarded session never
+        // matches a new session of the same client id.
+        self.generations += 1;
+        session.generation = self.generations;
         session.link = Some(link);
         session.expiry = connect.properties.session_expiry_interval.unwrap_or(0);
         session.will = connect.will.clone();

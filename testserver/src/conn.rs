@@ -27,7 +27,7 @@ use crate::broker::{ConnCmd, Link};
 use crate::config::Config;
 use crate::events::{lock, CloseReason, ConnId, Event, EventKind};
 use crate::faults::{ConnFault, Fault, Held, When};
-use crate::server::Shared;
+use crate::server::{stopped, Shared};
 
 /// Stop reading while this much is waiting to be written.
 const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -61,8 +61,11 @@ pub(crate) struct Conn {
     client_id: Option<String>,
     phase: Phase,
     tx: mpsc::UnboundedSender<ConnCmd>,
+    rbuf: BytesMut,
     wbuf: BytesMut,
     held: Held,
+    /// Set by [`Fault::Resume`]: process what was read before the silence.
+    resumed: bool,
     reading: bool,
     writing: bool,
     keep_alive: Option<Duration>,
@@ -91,8 +94,10 @@ impl Conn {
             client_id: None,
             phase: Phase::AwaitConnect,
             tx,
+            rbuf: BytesMut::with_capacity(8 * 1024),
             wbuf: BytesMut::new(),
             held: Held::new(),
+            resumed: false,
             reading: true,
             writing: true,
             keep_alive: None,
@@ -119,8 +124,13 @@ impl Conn {
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut rd, mut wr) = tokio::io::split(io);
-        let mut rbuf = BytesMut::with_capacity(8 * 1024);
         while self.close.is_none() {
+            if self.resumed {
+                // Packets that were already buffered when the connection went silent.
+                self.resumed = false;
+                self.process();
+                continue;
+            }
             let ka_deadline = self
                 .keep_alive
                 .filter(|_| self.config.enforce_keep_alive && self.reading)
@@ -131,7 +141,7 @@ impl Conn {
             let can_write = self.writing && !self.wbuf.is_empty();
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => self.on_shutdown(),
+                _ = stopped(&mut shutdown) => self.on_shutdown(),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => self.on_shutdown(),
@@ -141,8 +151,8 @@ impl Conn {
                         self.close = Some((Close::Abort, CloseReason::LinkClosed));
                     }
                 }
-                r = rd.read_buf(&mut rbuf), if can_read => match r {
-                    Ok(n) if n > 0 => self.process(&mut rbuf),
+                r = rd.read_buf(&mut self.rbuf), if can_read => match r {
+                    Ok(n) if n > 0 => self.process(),
                     _ => self.close = Some((Close::Abort, CloseReason::LinkClosed)),
                 },
                 _ = tokio::time::sleep_until(ka_deadline.unwrap_or(far)), if ka_deadline.is_some() => {
@@ -197,10 +207,10 @@ impl Conn {
     }
 
     /// Decodes and handles every whole packet in the read buffer.
-    fn process(&mut self, rbuf: &mut BytesMut) {
+    fn process(&mut self) {
         while self.close.is_none() && self.reading {
             let max = self.config.max_inbound_packet();
-            match decode(rbuf, max) {
+            match decode(&mut self.rbuf, max) {
                 Ok(None) => return,
                 Ok(Some(packet)) => self.on_packet(packet),
                 Err(e) => {
@@ -235,19 +245,34 @@ impl Conn {
         };
         let fired =
             lock(&self.shared.faults).on_packet(packet.packet_type(), trigger_client.as_deref());
-        if let Some((When::BeforeProcessing, fault)) = fired {
-            self.apply_fault(fault, false);
+        if fired.is_empty() {
+            self.handle(packet);
+            let replies = mem::take(&mut self.replies);
+            replies.into_iter().for_each(|p| self.queue_out(p));
+            return;
+        }
+        if fired
+            .iter()
+            .any(|(when, _)| *when == When::BeforeProcessing)
+        {
+            // The packet is lost; every fault it triggered fires now.
+            fired
+                .into_iter()
+                .for_each(|(_, f)| self.apply_fault(f, false));
             return;
         }
         self.handle(packet);
         let replies = mem::take(&mut self.replies);
-        match fired {
-            Some((When::AfterProcessing, fault)) => self.apply_fault(fault, false),
-            Some((_, fault)) => {
-                replies.into_iter().for_each(|p| self.queue_out(p));
-                self.apply_fault(fault, true);
-            }
-            None => replies.into_iter().for_each(|p| self.queue_out(p)),
+        if fired.iter().any(|(when, _)| *when == When::AfterProcessing) {
+            // The replies are lost.
+            fired
+                .into_iter()
+                .for_each(|(_, f)| self.apply_fault(f, false));
+        } else {
+            replies.into_iter().for_each(|p| self.queue_out(p));
+            fired
+                .into_iter()
+                .for_each(|(_, f)| self.apply_fault(f, true));
         }
     }
 
@@ -271,6 +296,7 @@ impl Conn {
                 self.writing = false;
             }
             Fault::Resume => {
+                self.resumed = !self.reading;
                 self.reading = true;
                 self.writing = true;
                 self.last_rx = Instant::now();

@@ -63,7 +63,8 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trigger {
     kind: PacketType,
-    remaining: u32,
+    /// Matching packets still to come, this one included; a `Cell` so `retain` can count.
+    remaining: std::cell::Cell<u32>,
     when: When,
     client: Option<String>,
 }
@@ -74,7 +75,7 @@ impl Trigger {
     pub fn nth(kind: PacketType, n: u32) -> Self {
         Trigger {
             kind,
-            remaining: n.max(1),
+            remaining: std::cell::Cell::new(n.max(1)),
             when: When::default(),
             client: None,
         }
@@ -101,31 +102,31 @@ pub(crate) struct FaultState {
 }
 
 impl FaultState {
-    /// Counts an arriving packet against the triggers; returns the fault to fire, if one
-    /// reached its count (the first such; it is removed, triggers fire once).
+    /// Counts an arriving packet against the triggers and returns every fault whose trigger
+    /// reached its count, in the order they were armed (fired triggers are removed: each
+    /// fires once).
     pub(crate) fn on_packet(
         &mut self,
         kind: PacketType,
         client_id: Option<&str>,
-    ) -> Option<(When, Fault)> {
-        let mut fired = None;
-        for (i, (t, _)) in self.triggers.iter_mut().enumerate() {
-            if t.kind != kind {
-                continue;
+    ) -> Vec<(When, Fault)> {
+        let mut fired = Vec::new();
+        self.triggers.retain(|(t, fault)| {
+            let counts = t.kind == kind
+                && t.client
+                    .as_deref()
+                    .is_none_or(|want| client_id == Some(want));
+            if !counts {
+                return true;
             }
-            if let Some(want) = &t.client {
-                if client_id != Some(want.as_str()) {
-                    continue;
-                }
+            if t.remaining.get() > 1 {
+                t.remaining.set(t.remaining.get() - 1);
+                return true;
             }
-            t.remaining -= 1;
-            if t.remaining == 0 && fired.is_none() {
-                fired = Some(i);
-            }
-        }
-        let i = fired?;
-        let (t, fault) = self.triggers.remove(i);
-        Some((t.when, fault))
+            fired.push((t.when, fault.clone()));
+            false
+        });
+        fired
     }
 
     pub(crate) fn is_withheld(&self, kind: PacketType) -> bool {

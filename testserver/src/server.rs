@@ -108,11 +108,17 @@ impl Shared {
                 }
             };
             tokio::select! {
-                _ = shutdown.changed() => {}
+                _ = stopped(&mut shutdown) => {}
                 _ = timers => {}
             }
         });
     }
+}
+
+/// Resolves once the server is shutting down, including when it already was before the call
+/// (unlike `changed`, which would wait for the next change).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&stop| stop).await;
 }
 
 /// An in-process MQTT v5 broker for tests.
@@ -169,7 +175,7 @@ impl TestServer {
         shared.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = stop.changed() => return,
+                    _ = stopped(&mut stop) => return,
                     r = listener.accept() => match r {
                         Ok((stream, _)) => {
                             // Acks are small; do not let Nagle delay them.

@@ -317,3 +317,53 @@ async fn shutdown_ends_every_task() {
     let metrics = tokio::runtime::Handle::current().metrics();
     assert_eq!(metrics.num_alive_tasks(), 0);
 }
+
+#[tokio::test]
+async fn triggers_on_the_same_packet_all_fire() {
+    let server = TestServer::start().await.unwrap();
+    let mut c = client(&server, "c").await;
+    let faults = server.faults();
+    faults.on(
+        Trigger::nth(PacketType::PingReq, 1).when(When::AfterReply),
+        Fault::SendRaw(Bytes::from_static(&[0xD0, 0x00])),
+    );
+    faults.on(
+        Trigger::nth(PacketType::PingReq, 1).when(When::AfterReply),
+        Fault::Disconnect(DisconnectReasonCode::ServerBusy),
+    );
+    c.send(Packet::PingReq).await.unwrap();
+    assert_eq!(c.expect().await.unwrap(), Packet::PingResp, "the reply");
+    assert_eq!(c.expect().await.unwrap(), Packet::PingResp, "the raw bytes");
+    assert!(
+        matches!(c.expect().await.unwrap(), Packet::Disconnect(d) if d.reason_code == DisconnectReasonCode::ServerBusy)
+    );
+    assert_eq!(faults.armed(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_handles_packets_buffered_before_the_silence() {
+    let server = TestServer::start().await.unwrap();
+    server.faults().on(
+        Trigger::nth(PacketType::Connect, 1).when(When::AfterReply),
+        Fault::GoSilent,
+    );
+    let mut c = RawClient::new(server.connect_duplex());
+    // CONNECT and PINGREQ in one write: both are in the server's read buffer at once.
+    let mut bytes = bytes::BytesMut::new();
+    Packet::from(paho_packets::Connect {
+        client_id: "c".into(),
+        ..Default::default()
+    })
+    .encode(&mut bytes)
+    .unwrap();
+    Packet::PingReq.encode(&mut bytes).unwrap();
+    c.send_raw(&bytes).await.unwrap();
+    server.wait_for_received(PacketType::Connect).await;
+    assert!(tokio::time::timeout(Duration::from_secs(60), c.recv())
+        .await
+        .is_err());
+    assert_eq!(server.received().len(), 1, "the PINGREQ waits unread");
+    server.faults().apply(Target::All, Fault::Resume);
+    assert!(matches!(c.expect().await.unwrap(), Packet::ConnAck(_)));
+    assert_eq!(c.expect().await.unwrap(), Packet::PingResp);
+}
