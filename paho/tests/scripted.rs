@@ -1204,3 +1204,18 @@ async fn rpc_matches_responses_and_cleans_up_timeouts() {
     assert!(matches!(err, Error::Timeout));
     assert_eq!(rpc.pending(), 0);
 }
+
+#[tokio::test]
+async fn messages_nobody_takes_after_incoming_is_dropped_are_still_acknowledged() {
+    let opts = options().manual_acks(true).build().unwrap();
+    let (client, incoming, mut peer, _) =
+        connect_with(opts, memory_session(0), ConnAck::default()).await;
+    drop(incoming);
+    peer.send(server_publish("in", QoS::AtLeastOnce, 1, "x"))
+        .await;
+    peer.send(server_publish("in", QoS::ExactlyOnce, 2, "y"))
+        .await;
+    assert_eq!(peer.expect().await, Packet::PubAck(PubAck::new(pid(1))));
+    assert_eq!(peer.expect().await, Packet::PubRec(PubRec::new(pid(2))));
+    assert!(!client.is_closed());
+}

@@ -3,7 +3,7 @@
 //!
 //! [`Requester`] sends requests and matches responses to them. It must see the messages that
 //! arrive on its response topic: put it in the handler chain (it implements
-//! [`Handler`](crate::Handler)), or pass each message to [`Requester::handle`] yourself. A
+//! [`Handler`]), or pass each message to [`Requester::handle`] yourself. A
 //! request that times out, or whose future is dropped, leaves nothing behind.
 //!
 //! ```no_run
