@@ -87,8 +87,7 @@ async fn logs_cover_the_connection_but_never_hold_secrets() {
         })
         .await;
         peer.expect().await;
-        peer.send(Packet::ConnAck(Box::new(ConnAck::default())))
-            .await;
+        peer.send(Packet::from(ConnAck::default())).await;
         peer
     });
     let (client, mut incoming) = Client::connect(io, opts, memory_session(0)).await.unwrap();
