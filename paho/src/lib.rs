@@ -115,3 +115,35 @@ pub use session_handle::{SessionHandle, SessionStats};
 pub use paho_packets as packets;
 /// The session state and its stores (the `paho-session` crate).
 pub use paho_session as session;
+
+#[cfg(test)]
+mod send_sync {
+    //! Compile-time checks that handles and futures can move between tasks and threads.
+
+    use super::*;
+    use paho_session::FileStore;
+
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn handles_and_futures_are_send(
+        client: Client,
+        incoming: Incoming,
+        options: ConnectOptions,
+        session: SessionHandle<FileStore>,
+        memory: SessionHandle,
+        transport: tokio::io::DuplexStream,
+    ) {
+        send_sync(&client);
+        send_sync(&options);
+        send_sync(&session);
+        send(&incoming);
+        send(&client.start_publish(Default::default()));
+        send(&client.publish(Default::default()));
+        send(&client.subscribe_to("a", paho_packets::QoS::AtMostOnce));
+        send(&client.disconnect_normally());
+        send(&client.closed());
+        send(&Client::connect(transport, options, memory));
+    }
+}
