@@ -95,23 +95,32 @@ impl Event {
 /// The append-only log and the notification that wakes waiters on every append.
 #[derive(Debug, Default)]
 pub(crate) struct EventLog {
-    entries: Mutex<Vec<Event>>,
+    inner: Mutex<Log>,
     appended: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    entries: Vec<Event>,
+    /// Counts [`EventLog::clear`]s, so a waiter knows its read position is stale.
+    clears: u64,
 }
 
 impl EventLog {
     pub(crate) fn push(&self, event: Event) {
         tracing::trace!(conn = %event.conn, client = ?event.client_id, kind = ?event.kind, "testserver event");
-        lock(&self.entries).push(event);
+        lock(&self.inner).entries.push(event);
         self.appended.notify_waiters();
     }
 
     pub(crate) fn snapshot(&self) -> Vec<Event> {
-        lock(&self.entries).clone()
+        lock(&self.inner).entries.clone()
     }
 
     pub(crate) fn clear(&self) {
-        lock(&self.entries).clear();
+        let mut log = lock(&self.inner);
+        log.entries.clear();
+        log.clears += 1;
     }
 
     /// Wakes waiters without appending (used when the connection count changes).
@@ -119,16 +128,45 @@ impl EventLog {
         self.appended.notify_waiters();
     }
 
-    /// Waits until `check` returns `Some` for the log; `check` sees the whole log each time.
-    pub(crate) async fn wait<T>(&self, mut check: impl FnMut(&[Event]) -> Option<T>) -> T {
+    /// Waits until `cond` holds; `cond` is checked on every append or poke, without the log's
+    /// lock held.
+    pub(crate) async fn wait_until(&self, mut cond: impl FnMut() -> bool) {
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until `check` returns `Some`. `check` is given the entries it has not seen yet
+    /// (so a long log is scanned once, not once per append) and `true` when the log was
+    /// cleared since its last call (it must then forget what it counted). It runs under the
+    /// log's lock and must not call back into the server.
+    pub(crate) async fn wait<T>(&self, mut check: impl FnMut(&[Event], bool) -> Option<T>) -> T {
+        let mut seen = 0;
+        let mut clears = None;
         loop {
             // Register interest before looking, so an append between the look and the await
             // is not missed.
             let notified = self.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(found) = check(&lock(&self.entries)) {
-                return found;
+            {
+                let log = lock(&self.inner);
+                let restarted = clears.is_some_and(|c| c != log.clears);
+                if restarted || seen > log.entries.len() {
+                    seen = 0;
+                }
+                clears = Some(log.clears);
+                let found = check(&log.entries[seen..], restarted);
+                seen = log.entries.len();
+                if let Some(found) = found {
+                    return found;
+                }
             }
             notified.await;
         }

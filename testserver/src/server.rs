@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) faults: Mutex<FaultState>,
     pub(crate) events: EventLog,
     tasks: Mutex<JoinSet<()>>,
+    /// Panic messages of server tasks (bugs in this crate), reported by `shutdown`.
+    failures: Mutex<Vec<String>>,
     runtime: Handle,
     shutdown: watch::Sender<bool>,
     next_conn: AtomicU64,
@@ -36,11 +38,26 @@ impl Shared {
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = lock(&self.tasks);
         // Reap finished tasks so a long test does not accumulate them.
-        while tasks.try_join_next().is_some() {}
+        while let Some(r) = tasks.try_join_next() {
+            self.record(r);
+        }
         if *self.shutdown.borrow() {
             return;
         }
         tasks.spawn_on(task, &self.runtime);
+    }
+
+    /// Remembers a task that panicked (aborted tasks are not failures).
+    fn record(&self, result: Result<(), tokio::task::JoinError>) {
+        let Err(e) = result else { return };
+        if let Ok(payload) = e.try_into_panic() {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(non-string panic)".to_owned());
+            lock(&self.failures).push(msg);
+        }
     }
 
     /// Starts serving one client over `io`.
@@ -166,6 +183,7 @@ impl TestServer {
             faults: Mutex::new(FaultState::default()),
             events: EventLog::default(),
             tasks: Mutex::new(JoinSet::new()),
+            failures: Mutex::new(Vec::new()),
             runtime,
             shutdown,
             next_conn: AtomicU64::new(0),
@@ -290,27 +308,40 @@ impl TestServer {
 
     /// Waits until an event matching `pred` is in the log (looking at the whole log, from
     /// the first event or the last [`TestServer::clear_events`]) and returns the first such.
+    /// Each event is shown to `pred` once; `pred` must not call back into the server.
     ///
     /// Cancel safe. Never times out by itself: wrap it in `tokio::time::timeout` if the test
     /// needs a bound (with a paused clock that costs no real time).
     pub async fn wait_for(&self, mut pred: impl FnMut(&Event) -> bool) -> Event {
         self.shared
             .events
-            .wait(|log| log.iter().find(|e| pred(e)).cloned())
+            .wait(|new, _| new.iter().find(|e| pred(e)).cloned())
             .await
     }
 
-    /// Waits until `n` events match `pred` and returns them.
+    /// Waits until `n` events in the log match `pred` and returns the first `n`. Same rules
+    /// as [`TestServer::wait_for`].
     pub async fn wait_for_count(
         &self,
         n: usize,
         mut pred: impl FnMut(&Event) -> bool,
     ) -> Vec<Event> {
+        let mut found = Vec::new();
         self.shared
             .events
-            .wait(|log| {
-                let found: Vec<Event> = log.iter().filter(|e| pred(e)).cloned().collect();
-                (found.len() >= n).then_some(found)
+            .wait(|new, restarted| {
+                if restarted {
+                    found.clear();
+                }
+                for e in new {
+                    if found.len() >= n {
+                        break;
+                    }
+                    if pred(e) {
+                        found.push(e.clone());
+                    }
+                }
+                (found.len() >= n).then(|| std::mem::take(&mut found))
             })
             .await
     }
@@ -337,7 +368,7 @@ impl TestServer {
         let shared = &self.shared;
         shared
             .events
-            .wait(|_| (lock(&shared.broker).conns.len() == n).then_some(()))
+            .wait_until(|| lock(&shared.broker).conns.len() == n)
             .await
     }
 
@@ -379,14 +410,31 @@ impl TestServer {
     /// Stops accepting, sends DISCONNECT 0x8B to every connected client, closes every
     /// connection, cancels will and expiry timers, and waits until every task has ended.
     /// Idempotent.
+    ///
+    /// # Panics
+    ///
+    /// If a task of the server panicked at any time (a bug in this crate, never the client's
+    /// input), so that a test cannot pass over it.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         let mut tasks = std::mem::take(&mut *lock(&self.shared.tasks));
-        while tasks.join_next().await.is_some() {}
+        while let Some(r) = tasks.join_next().await {
+            self.shared.record(r);
+        }
         // A connection accepted while the set was being drained was never spawned (spawn
         // checks the flag), but its entry may remain.
         lock(&self.shared.broker).conns.clear();
         self.shared.events.poke();
+        let failures = self.task_failures();
+        if !failures.is_empty() {
+            panic!("a testserver task panicked (a bug in paho-testserver): {failures:?}");
+        }
+    }
+
+    /// Panic messages of server tasks so far. Always empty unless this crate has a bug; see
+    /// [`TestServer::shutdown`].
+    pub fn task_failures(&self) -> Vec<String> {
+        lock(&self.shared.failures).clone()
     }
 
     /// True once [`TestServer::shutdown`] has been called.
