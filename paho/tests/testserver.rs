@@ -224,11 +224,28 @@ async fn a_server_disconnect_reaches_the_application_with_its_reason() {
 
 #[tokio::test(start_paused = true)]
 async fn malformed_and_oversize_bytes_from_the_server_close_the_link_with_the_right_reason() {
-    let cases: [(&[u8], u8); 4] = [
-        (&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], 0x81), // QoS 3
-        (&[0x40, 0x02, 0x00, 0x00], 0x82),                   // PUBACK id 0
-        (&[0xC0, 0x00], 0x82),                               // PINGREQ to a client
-        (&[0x30, 0x80, 0x80, 0x40], 0x95),                   // 1 MB PUBLISH header
+    let mut ack = paho::packets::PubAck::new(paho::packets::PacketId::MIN);
+    ack.properties.reason_string = Some("r".repeat(4096).into());
+    let mut oversize = bytes::BytesMut::new();
+    Packet::PubAck(ack).encode(&mut oversize).unwrap();
+    let oversize = oversize.to_vec();
+    let cases: Vec<(Vec<u8>, u8)> = vec![
+        (vec![0x00, 0x00], 0x81),                               // reserved type 0
+        (vec![0x20, 0x03, 0x00, 0x00, 0x00], 0x82),             // a second CONNACK
+        (vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], 0x81), // PUBLISH QoS 3
+        (vec![0x30, 0x04, 0x00, 0x01, b'#', 0x00], 0x82),       // PUBLISH wildcard topic
+        (vec![0x40, 0x02, 0x00, 0x00], 0x82),                   // PUBACK id 0
+        (vec![0x51, 0x02, 0x00, 0x01], 0x81),                   // PUBREC bad flags
+        (vec![0x60, 0x02, 0x00, 0x01], 0x81),                   // PUBREL bad flags
+        (vec![0x70, 0x01, 0x00], 0x81),                         // PUBCOMP truncated
+        (vec![0x90, 0x03, 0x00, 0x01, 0x00], 0x82),             // SUBACK empty
+        (vec![0xB0, 0x04, 0x00, 0x01, 0x00, 0x05], 0x81),       // UNSUBACK bad reason
+        (vec![0xC0, 0x00], 0x82),                               // PINGREQ to a client
+        (vec![0xD0, 0x01, 0x00], 0x81),                         // PINGRESP with a body
+        (vec![0xE0, 0x01, 0x01], 0x81),                         // DISCONNECT bad reason
+        (vec![0xF0, 0x01, 0x18], 0x82),                         // AUTH, no auth in use
+        (vec![0x30, 0x80, 0x80, 0x40], 0x95),                   // 1 MB PUBLISH header
+        (oversize, 0x95),                                       // 4 KB PUBACK
     ];
     for (bytes, reason) in cases {
         let server = TestServer::start().await.unwrap();
@@ -240,7 +257,7 @@ async fn malformed_and_oversize_bytes_from_the_server_close_the_link_with_the_ri
         .await;
         server.faults().apply(
             Target::Client("victim".into()),
-            Fault::SendRaw(Bytes::copy_from_slice(bytes)),
+            Fault::SendRaw(Bytes::from(bytes.clone())),
         );
         assert_eq!(
             c.closed().await.unwrap_err().reason_code(),
@@ -550,5 +567,35 @@ async fn publish_outcomes_carry_the_server_reason_codes() {
     // No subscriber: 0x10 No matching subscribers (still a success).
     assert!(out.reason_code() == 0x10 || out.reason_code() == 0x00);
     assert!(out.is_success());
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_task_is_left_running_after_disconnect() {
+    let server = TestServer::start().await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    let (c, inc) = simple(&server, "tidy").await;
+    let dispatcher = tokio::spawn(inc.dispatch(|_: &paho::Message| true));
+    c.subscribe_to("t/#", QoS::AtLeastOnce).await.unwrap();
+    c.publish(msg("t/x", QoS::ExactlyOnce, "x")).await.unwrap();
+    c.disconnect_normally().await.unwrap();
+    dispatcher.await.unwrap();
+    server
+        .wait_for(|e| {
+            e.kind
+                == EventKind::Closed(CloseReason::ClientDisconnect(
+                    DisconnectReasonCode::NormalDisconnection,
+                ))
+        })
+        .await;
+    // The client's task and the server's task for this connection are gone.
+    for _ in 0..1000 {
+        if metrics.num_alive_tasks() == before {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), before);
     server.shutdown().await;
 }
