@@ -109,7 +109,19 @@ pub struct MosquittoBuilder {
     binary: PathBuf,
     lines: Vec<String>,
     persistence: bool,
+    log_all: bool,
 }
+
+/// Config options a test may not set: where mosquitto listens is the harness's business, so
+/// that nothing ever listens beyond `127.0.0.1`.
+const RESERVED: [&str; 6] = [
+    "listener",
+    "port",
+    "bind_address",
+    "bind_interface",
+    "socket_domain",
+    "user",
+];
 
 impl MosquittoBuilder {
     /// A builder for the mosquitto found by [`binary`].
@@ -125,11 +137,14 @@ impl MosquittoBuilder {
             binary: binary.into(),
             lines: Vec::new(),
             persistence: false,
+            log_all: false,
         }
     }
 
     /// Adds a global config line, e.g. `max_inflight_messages 2` or `max_packet_size 1000`.
-    /// Lines go before the `listener` line, where mosquitto reads global options.
+    /// Lines go before the `listener` line, where mosquitto reads global options. Lines that
+    /// would change where it listens (`listener`, `port`, `bind_address`, ...) or hold a line
+    /// break make [`MosquittoBuilder::start`] fail.
     pub fn config(mut self, line: impl Into<String>) -> Self {
         self.lines.push(line.into());
         self
@@ -142,9 +157,29 @@ impl MosquittoBuilder {
         self
     }
 
+    /// Logs everything (`log_type all`: every packet), for debugging a test; see
+    /// [`Mosquitto::log`]. Off by default: it slows mosquitto down on bulk tests.
+    pub fn log_all(mut self, on: bool) -> Self {
+        self.log_all = on;
+        self
+    }
+
     /// Picks a free loopback port, writes the config, spawns mosquitto and waits until it
     /// accepts connections. Retries with another port if one was taken in between.
     pub async fn start(self) -> Result<Mosquitto, Error> {
+        for line in &self.lines {
+            if line.contains(['\n', '\r']) {
+                return Err(Error::Config(
+                    "a mosquitto config line must not hold a line break",
+                ));
+            }
+            let option = line.split_whitespace().next().unwrap_or("");
+            if RESERVED.contains(&option) {
+                return Err(Error::Config(
+                    "the harness sets listener, port, bind options and user itself",
+                ));
+            }
+        }
         let mut dir = tempfile::Builder::new()
             .prefix("paho-mosquitto-")
             .tempdir()?;
@@ -155,6 +190,7 @@ impl MosquittoBuilder {
                 binary: self.binary.clone(),
                 lines: self.lines.clone(),
                 persistence: self.persistence,
+                log_all: self.log_all,
                 port,
                 child: None,
                 dir,
@@ -181,6 +217,7 @@ pub struct Mosquitto {
     binary: PathBuf,
     lines: Vec<String>,
     persistence: bool,
+    log_all: bool,
     port: u16,
     child: Option<Child>,
     dir: TempDir,
@@ -302,7 +339,9 @@ impl Mosquitto {
         conf.push_str("per_listener_settings false\n");
         conf.push_str("allow_anonymous true\n");
         conf.push_str("log_dest stderr\n");
-        conf.push_str("log_type all\n");
+        if self.log_all {
+            conf.push_str("log_type all\n");
+        }
         conf.push_str("sys_interval 0\n");
         // Running as root, mosquitto would drop to user `mosquitto` and could not write the
         // persistence files in our temp dir.

@@ -81,3 +81,20 @@ async fn two_brokers_get_different_ports() {
     let mut c = raw(b.addr()).await;
     assert!(!c.connect("x").await.unwrap().reason_code.is_error());
 }
+
+#[tokio::test]
+async fn config_lines_cannot_move_the_listener() {
+    // Checked before anything is spawned, so this needs no mosquitto.
+    for line in [
+        "listener 1883",
+        "port 1883",
+        "bind_address 0.0.0.0",
+        "x 1\nlistener 1",
+    ] {
+        let b = mosquitto::MosquittoBuilder::with_binary("/nonexistent/mosquitto").config(line);
+        assert!(
+            matches!(b.start().await, Err(paho_testserver::Error::Config(_))),
+            "{line:?} must be refused"
+        );
+    }
+}
