@@ -189,7 +189,13 @@ impl Client {
             session_expiry: hs.session_expiry,
             closed: closed_rx,
         });
-        let incoming = Incoming::new(deliver_rx, tx.downgrade(), options.manual_acks);
+        let queued_qos0 = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let incoming = Incoming::new(
+            deliver_rx,
+            tx.downgrade(),
+            options.manual_acks,
+            Arc::clone(&queued_qos0),
+        );
         let driver = Driver::new(
             state,
             hs.rd,
@@ -198,6 +204,7 @@ impl Client {
             rx,
             tx.downgrade(),
             deliver_tx,
+            queued_qos0,
             closed_tx,
             &options,
             &shared,

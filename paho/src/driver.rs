@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +75,10 @@ pub(crate) struct Driver<T, S: Store> {
     cmds: mpsc::UnboundedReceiver<Command>,
     weak_tx: mpsc::WeakUnboundedSender<Command>,
     deliver: Option<mpsc::UnboundedSender<Delivered>>,
+    /// QoS 0 messages queued for the application, and the bound.
+    queued_qos0: Arc<AtomicUsize>,
+    max_queued_qos0: usize,
+    dropped_qos0: u64,
     /// Tokens to ack because nobody takes deliveries any more.
     orphan_acks: Vec<AckToken>,
     stores: FuturesOrdered<StoreFuture>,
@@ -110,6 +115,7 @@ where
         cmds: mpsc::UnboundedReceiver<Command>,
         weak_tx: mpsc::WeakUnboundedSender<Command>,
         deliver: mpsc::UnboundedSender<Delivered>,
+        queued_qos0: Arc<AtomicUsize>,
         closed_tx: watch::Sender<Option<Result<(), Error>>>,
         o: &ConnectOptions,
         shared: &Shared,
@@ -132,6 +138,9 @@ where
             cmds,
             weak_tx,
             deliver: Some(deliver),
+            queued_qos0,
+            max_queued_qos0: o.max_queued_qos0,
+            dropped_qos0: 0,
             orphan_acks: Vec::new(),
             stores: FuturesOrdered::new(),
             stores_started: 0,
@@ -464,6 +473,21 @@ where
             Held::Deliver(d) => {
                 let (publish, token) = d.into_parts();
                 tracing::trace!(topic = %publish.topic, qos = ?publish.qos, "deliver");
+                if publish.qos == QoS::AtMostOnce {
+                    if self.queued_qos0.load(Ordering::Relaxed) >= self.max_queued_qos0 {
+                        // At most once: dropping is allowed, unbounded memory is not.
+                        self.dropped_qos0 += 1;
+                        if self.dropped_qos0.is_power_of_two() {
+                            tracing::warn!(
+                                dropped = self.dropped_qos0,
+                                limit = self.max_queued_qos0,
+                                "the application is not taking QoS 0 messages; dropping new ones"
+                            );
+                        }
+                        return Ok(());
+                    }
+                    self.queued_qos0.fetch_add(1, Ordering::Relaxed);
+                }
                 let undelivered = match &self.deliver {
                     Some(tx) => tx
                         .send(Delivered { publish, token })

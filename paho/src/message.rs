@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -133,7 +135,9 @@ fn send_ack(token: AckToken, tx: &mpsc::WeakUnboundedSender<Command>) -> AckOutc
 /// Taking a message is what lets the server send more: with automatic acknowledgement, a QoS
 /// 1/2 message is acknowledged when [`recv`](Incoming::recv) returns it, and the server may
 /// have at most the advertised Receive Maximum unacknowledged. The connection's task never
-/// waits for the application: it queues messages here.
+/// waits for the application: it queues messages here. QoS 0 messages, which MQTT does not
+/// flow-control, queue up to
+/// [`max_queued_qos0`](crate::ConnectOptionsBuilder::max_queued_qos0); later ones are dropped.
 ///
 /// The stream ends (`None`) when the connection has closed and every message received before
 /// was taken. Dropping it makes the connection acknowledge (and drop) every later message.
@@ -142,6 +146,7 @@ pub struct Incoming {
     rx: mpsc::UnboundedReceiver<Delivered>,
     tx: mpsc::WeakUnboundedSender<Command>,
     manual: bool,
+    queued_qos0: Arc<AtomicUsize>,
 }
 
 pub(crate) struct Delivered {
@@ -163,11 +168,20 @@ impl Incoming {
         rx: mpsc::UnboundedReceiver<Delivered>,
         tx: mpsc::WeakUnboundedSender<Command>,
         manual: bool,
+        queued_qos0: Arc<AtomicUsize>,
     ) -> Self {
-        Incoming { rx, tx, manual }
+        Incoming {
+            rx,
+            tx,
+            manual,
+            queued_qos0,
+        }
     }
 
     fn wrap(&self, d: Delivered) -> Message {
+        if d.publish.qos == QoS::AtMostOnce {
+            self.queued_qos0.fetch_sub(1, Ordering::Relaxed);
+        }
         match d.token {
             Some(token) if self.manual => Message::new(d.publish, Some((token, self.tx.clone()))),
             Some(token) => {

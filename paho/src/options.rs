@@ -15,6 +15,8 @@ use crate::Error;
 pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 1024;
 /// The Topic Alias Maximum (inbound) the client advertises unless told otherwise.
 pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
+/// How many received QoS 0 messages may wait for the application unless told otherwise.
+pub const DEFAULT_MAX_QUEUED_QOS0: usize = 10_000;
 
 /// Everything the client puts in CONNECT, and how it behaves on the connection.
 ///
@@ -41,6 +43,7 @@ pub struct ConnectOptions {
     pub(crate) manual_acks: bool,
     pub(crate) strict_receive_maximum: bool,
     pub(crate) connect_timeout: Option<Duration>,
+    pub(crate) max_queued_qos0: usize,
 }
 
 // Hand-written so that the password and the authenticator never reach a log.
@@ -64,6 +67,7 @@ impl fmt::Debug for ConnectOptions {
             .field("manual_acks", &self.manual_acks)
             .field("strict_receive_maximum", &self.strict_receive_maximum)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_queued_qos0", &self.max_queued_qos0)
             .finish_non_exhaustive()
     }
 }
@@ -72,7 +76,8 @@ impl ConnectOptions {
     /// A builder with the defaults: empty client id (the server assigns one), Clean Start 1,
     /// keepalive 60 s, Receive Maximum [`DEFAULT_RECEIVE_MAXIMUM`], no Maximum Packet Size
     /// (any size accepted), Topic Alias Maximum [`DEFAULT_TOPIC_ALIAS_MAXIMUM`], no outbound
-    /// aliases, automatic acknowledgement, lenient Receive Maximum, connect timeout 30 s.
+    /// aliases, automatic acknowledgement, lenient Receive Maximum, connect timeout 30 s, at
+    /// most [`DEFAULT_MAX_QUEUED_QOS0`] QoS 0 messages waiting for the application.
     pub fn builder() -> ConnectOptionsBuilder {
         ConnectOptionsBuilder {
             opts: ConnectOptions {
@@ -93,6 +98,7 @@ impl ConnectOptions {
                 manual_acks: false,
                 strict_receive_maximum: false,
                 connect_timeout: Some(Duration::from_secs(30)),
+                max_queued_qos0: DEFAULT_MAX_QUEUED_QOS0,
             },
             error: None,
         }
@@ -286,6 +292,18 @@ impl ConnectOptionsBuilder {
     /// enhanced-authentication exchange); `None`: forever.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.opts.connect_timeout = timeout;
+        self
+    }
+
+    /// How many received QoS 0 messages may wait in [`Incoming`](crate::Incoming) for the
+    /// application (at least 1). MQTT has no flow control for QoS 0, so past this bound new
+    /// ones are dropped (at most once allows it) with a warning, rather than memory growing
+    /// without limit. QoS 1/2 messages are never dropped: the Receive Maximum bounds them.
+    pub fn max_queued_qos0(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.fail("max_queued_qos0 must be at least 1");
+        }
+        self.opts.max_queued_qos0 = n;
         self
     }
 

@@ -1219,3 +1219,34 @@ async fn messages_nobody_takes_after_incoming_is_dropped_are_still_acknowledged(
     assert_eq!(peer.expect().await, Packet::PubRec(PubRec::new(pid(2))));
     assert!(!client.is_closed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn qos0_messages_the_application_does_not_take_are_bounded() {
+    let opts = options().max_queued_qos0(2).build().unwrap();
+    let (client, mut incoming, mut peer, _) =
+        connect_with(opts, memory_session(0), ConnAck::default()).await;
+    for i in 0..5 {
+        peer.send(server_publish("q0", QoS::AtMostOnce, 0, &i.to_string()))
+            .await;
+    }
+    // QoS 1 is never dropped.
+    peer.send(server_publish("q1", QoS::AtLeastOnce, 1, "kept"))
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(incoming.recv().await.unwrap().payload().clone());
+    }
+    assert_eq!(
+        got,
+        [Bytes::from("0"), Bytes::from("1"), Bytes::from("kept")]
+    );
+    assert_eq!(peer.expect().await, Packet::PubAck(PubAck::new(pid(1))));
+    // Taking them made room again.
+    peer.send(server_publish("q0", QoS::AtMostOnce, 0, "later"))
+        .await;
+    assert_eq!(
+        incoming.recv().await.unwrap().payload(),
+        &Bytes::from("later")
+    );
+    assert!(!client.is_closed());
+}
