@@ -265,7 +265,8 @@ impl Client {
     ///
     /// Dropping the future does not withdraw a message that was already stored: it is still
     /// sent, resent and acknowledged, and its packet id freed only then. A QoS 1/2 message
-    /// still waiting for send quota when the future is dropped is withdrawn. Use
+    /// still waiting for send quota when the future is dropped is withdrawn; a QoS 0 message
+    /// that reached the connection's task is sent regardless. Use
     /// [`start_publish`](Client::start_publish) to hand the message over without awaiting.
     pub async fn publish(&self, publish: Publish) -> Result<PublishOutcome, Error> {
         self.start_publish(publish).await

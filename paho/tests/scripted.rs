@@ -1250,3 +1250,26 @@ async fn qos0_messages_the_application_does_not_take_are_bounded() {
     );
     assert!(!client.is_closed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_connection_on_a_session_waits_for_the_first_to_end() {
+    let session = memory_session(3600);
+    let (c1, _i1, mut p1, _) = connect_with(
+        options().build().unwrap(),
+        session.clone(),
+        ConnAck::default(),
+    )
+    .await;
+    assert!(session.in_use());
+    let (io2, mut p2) = pipe();
+    let s2 = session.clone();
+    let second =
+        tokio::spawn(async move { Client::connect(io2, options().build().unwrap(), s2).await });
+    // Nothing is sent on the second link while the first drives the session.
+    assert!(nothing_within(&mut p2, Duration::from_secs(10)).await);
+    c1.disconnect_normally().await.unwrap();
+    assert_eq!(disconnect_reason(&p1.until_closed().await), Some(0x00));
+    p2.accept(ConnAck::default()).await;
+    let (c2, _i2) = second.await.unwrap().unwrap();
+    assert!(!c2.is_closed());
+}
