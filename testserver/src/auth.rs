@@ -37,8 +37,9 @@ pub enum AuthOutcome {
 
 /// Decides each step of an enhanced authentication exchange.
 ///
-/// Called with the server's lock-free state only; it must not block. The step number makes
-/// stateless scripts possible (see [`ChallengeResponse`]).
+/// Called on the connection's task, with no lock held; it must not block. The step number
+/// makes stateless scripts possible (see [`ChallengeResponse`]). A closure
+/// `Fn(&AuthRequest) -> AuthOutcome` is an authenticator too.
 pub trait Authenticator: Send + Sync + 'static {
     /// Answers one step of the exchange.
     fn authenticate(&self, request: &AuthRequest<'_>) -> AuthOutcome;
@@ -62,10 +63,17 @@ where
 /// [`AuthOutcome::Fail`]. With no rounds, step 0 succeeds at once.
 ///
 /// ```
-/// use paho_testserver::auth::{AuthOutcome, Authenticator, AuthRequest, ChallengeResponse};
-/// let script = ChallengeResponse::new("SCRAM-ish").round("nonce-1", "proof-1");
-/// // (AuthRequest is non-exhaustive; the server builds it.)
-/// # let _ = script;
+/// use paho_testserver::auth::ChallengeResponse;
+/// use paho_testserver::TestServer;
+///
+/// // CONNECT (method "DEMO") -> AUTH 0x18 "nonce-1"; client AUTH 0x18 "proof-1" ->
+/// // AUTH 0x18 "nonce-2"; client "proof-2" -> CONNACK 0x00 with data "welcome".
+/// let script = ChallengeResponse::new("DEMO")
+///     .round("nonce-1", "proof-1")
+///     .round("nonce-2", "proof-2")
+///     .success_data("welcome");
+/// let mut builder = TestServer::builder();
+/// builder.authenticator(script);
 /// ```
 #[derive(Debug, Clone)]
 pub struct ChallengeResponse {

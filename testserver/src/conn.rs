@@ -238,11 +238,18 @@ impl Conn {
 
     fn on_packet(&mut self, packet: Packet) {
         self.last_rx = Instant::now();
-        self.log(EventKind::Received(packet.clone()));
-        let trigger_client = match &packet {
-            Packet::Connect(c) => Some(c.client_id.to_string()),
+        // A CONNECT is attributed to the client id it carries, so per-client views of the
+        // log include it.
+        let client = match &packet {
+            Packet::Connect(c) if !c.client_id.is_empty() => Some(c.client_id.to_string()),
             _ => self.client_id.clone(),
         };
+        self.shared.events.push(Event {
+            conn: self.id,
+            client_id: client.clone(),
+            kind: EventKind::Received(packet.clone()),
+        });
+        let trigger_client = client;
         let fired =
             lock(&self.shared.faults).on_packet(packet.packet_type(), trigger_client.as_deref());
         if fired.is_empty() {

@@ -251,7 +251,11 @@ impl TestServer {
         }
     }
 
-    /// Changes settings for connections made from now on (live ones keep theirs).
+    /// Changes settings. CONNACK values and the limits enforced on a connection apply to
+    /// connections made from now on (live ones keep theirs); [`FlowControl`] and the
+    /// capability flags checked at SUBSCRIBE apply at once.
+    ///
+    /// [`FlowControl`]: crate::FlowControl
     pub fn reconfigure(&self, change: impl FnOnce(&mut Builder)) -> Result<(), Error> {
         let mut broker = lock(&self.shared.broker);
         let mut builder = Builder {
@@ -294,6 +298,30 @@ impl TestServer {
     pub fn sent(&self) -> Vec<Packet> {
         self.events()
             .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Sent(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The packets received from connections of `client_id`, in order.
+    pub fn received_from(&self, client_id: &str) -> Vec<Packet> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.client_id.as_deref() == Some(client_id))
+            .filter_map(|e| match e.kind {
+                EventKind::Received(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The packets sent to connections of `client_id`, in order.
+    pub fn sent_to(&self, client_id: &str) -> Vec<Packet> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.client_id.as_deref() == Some(client_id))
             .filter_map(|e| match e.kind {
                 EventKind::Sent(p) => Some(p),
                 _ => None,

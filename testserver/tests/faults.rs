@@ -260,9 +260,12 @@ async fn events_record_both_directions_per_connection() {
     assert!(matches!(kinds[2], EventKind::Sent(Packet::ConnAck(_))));
     assert!(matches!(kinds[3], EventKind::Received(Packet::PingReq)));
     assert!(matches!(kinds[4], EventKind::Sent(Packet::PingResp)));
-    assert!(events[2..]
+    assert!(events[1..]
         .iter()
         .all(|e| e.client_id.as_deref() == Some("c")));
+    assert_eq!(server.received_from("c").len(), 2, "CONNECT and PINGREQ");
+    assert_eq!(server.sent_to("c").len(), 2, "CONNACK and PINGRESP");
+    assert!(server.received_from("other").is_empty());
     assert_eq!(server.received().len(), 2);
     assert_eq!(server.sent().len(), 2);
     server.clear_events();
