@@ -198,8 +198,9 @@ where
                 timer,
                 ..
             } = self;
+            // Unbiased (tokio picks a random first branch each turn), so that a busy socket
+            // cannot starve the handles' commands or the keepalive timer.
             let event = tokio::select! {
-                biased;
                 r = stores.next(), if !stores.is_empty() => Event::Stored(r),
                 // Both cancel safe: a cancelled write wrote nothing; a flush can start over.
                 e = async {
