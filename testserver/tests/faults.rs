@@ -370,3 +370,26 @@ async fn resume_handles_packets_buffered_before_the_silence() {
     assert!(matches!(c.expect().await.unwrap(), Packet::ConnAck(_)));
     assert_eq!(c.expect().await.unwrap(), Packet::PingResp);
 }
+
+#[tokio::test]
+async fn faults_can_target_one_connection_by_id() {
+    let server = TestServer::start().await.unwrap();
+    let _a = client(&server, "a").await;
+    let mut b = client(&server, "b").await;
+    let conn_b = server
+        .wait_for(|e| {
+            e.client_id.as_deref() == Some("b")
+                && matches!(e.kind, EventKind::Sent(Packet::ConnAck(_)))
+        })
+        .await
+        .conn;
+    assert_eq!(server.faults().apply(Target::Conn(conn_b), Fault::Drop), 1);
+    assert_eq!(b.recv().await.unwrap(), None);
+    server.wait_connection_count(1).await;
+    assert_eq!(
+        server
+            .faults()
+            .apply(Target::Client("nobody".into()), Fault::Drop),
+        0
+    );
+}

@@ -357,3 +357,28 @@ async fn server_publish_reaches_subscribers() {
     assert_eq!(&c.expect_publish().await.unwrap().payload[..], b"hi");
     let _ = SubAckReasonCode::GrantedQoS0;
 }
+
+#[tokio::test(start_paused = true)]
+async fn expired_retained_messages_are_not_sent() {
+    let server = TestServer::start().await.unwrap();
+    let mut p = client(&server, "p").await;
+    let mut r = publish("r", "brief", QoS::AtLeastOnce, 1);
+    r.retain = true;
+    r.properties.message_expiry_interval = Some(5);
+    p.send(r).await.unwrap();
+    p.expect().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut s = client(&server, "s").await;
+    sub(&mut s, "r", QoS::AtLeastOnce).await;
+    let m = s.expect_publish().await.unwrap();
+    assert_eq!(m.properties.message_expiry_interval, Some(2));
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut late = client(&server, "late").await;
+    sub(&mut late, "r", QoS::AtLeastOnce).await;
+    late.send(Packet::PingReq).await.unwrap();
+    assert_eq!(
+        late.expect().await.unwrap(),
+        Packet::PingResp,
+        "no retained message"
+    );
+}

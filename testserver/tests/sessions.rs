@@ -321,3 +321,43 @@ async fn acks_release_queued_deliveries_in_order() {
         .any(|e| matches!(e.kind, EventKind::Closed(CloseReason::ServerDisconnect(_))));
     assert!(!closed);
 }
+
+#[tokio::test]
+async fn a_discarded_session_is_not_present() {
+    let server = TestServer::start().await.unwrap();
+    let (c, _) = persistent(&server, "gone", None).await;
+    assert!(!server.discard_session("gone"), "not while connected");
+    drop(c);
+    server.wait_connection_count(0).await;
+    assert!(server.discard_session("gone"));
+    let (_c, present) = persistent(&server, "gone", None).await;
+    assert!(!present);
+}
+
+#[tokio::test]
+async fn shared_subscription_prefers_online_members() {
+    let server = TestServer::start().await.unwrap();
+    let (mut away, _) = persistent(&server, "away", None).await;
+    sub(&mut away, "$share/g/t", QoS::AtLeastOnce).await;
+    drop(away);
+    server.wait_connection_count(0).await;
+    let mut here = client(&server, "here").await;
+    sub(&mut here, "$share/g/t", QoS::AtLeastOnce).await;
+    let mut p = client(&server, "p").await;
+    for i in 0..4u16 {
+        p.send(publish("t", format!("{i}"), QoS::AtLeastOnce, i + 1))
+            .await
+            .unwrap();
+        p.expect().await.unwrap();
+    }
+    for i in 0..4 {
+        let m = here.expect_publish().await.unwrap();
+        assert_eq!(m.payload, format!("{i}").as_bytes());
+        puback(&mut here, m.packet_id.unwrap()).await;
+    }
+    assert_eq!(
+        server.outbound("away"),
+        Some((0, 0)),
+        "nothing queued for the offline member"
+    );
+}
