@@ -238,6 +238,7 @@ impl Conn {
         };
         self.replies.push(Packet::ConnAck(Box::new(connack)));
         self.replies.extend(resend);
+        tracing::debug!(conn = %self.id, client = ?self.client_id, present, "testserver client connected");
         self.phase = Phase::Connected;
     }
 

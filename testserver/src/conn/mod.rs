@@ -383,6 +383,7 @@ impl Conn {
                 _ => None,
             }
         };
+        tracing::debug!(conn = %self.id, client = ?self.client_id, ?reason, "testserver connection closed");
         self.log(EventKind::Closed(reason));
         if let Some(after) = after {
             self.shared.spawn_after_close(after);
