@@ -341,6 +341,12 @@ impl Mosquitto {
         conf.push_str("log_dest stderr\n");
         if self.log_all {
             conf.push_str("log_type all\n");
+        } else {
+            // mosquitto's defaults, written out so that a test's own `log_type` line adds to
+            // them instead of replacing them: readiness is read from a notice.
+            for t in ["error", "warning", "notice", "information"] {
+                conf.push_str(&format!("log_type {t}\n"));
+            }
         }
         conf.push_str("sys_interval 0\n");
         // Running as root, mosquitto would drop to user `mosquitto` and could not write the
@@ -396,7 +402,11 @@ impl Mosquitto {
                     Spawn::Failed(err)
                 });
             }
-            if TcpStream::connect(self.addr()).await.is_ok() {
+            // The port alone could be answered by another process that took it between our
+            // probe and mosquitto's bind (mosquitto then exits with "Address already in use");
+            // mosquitto logs "... running" only once its listener is bound.
+            let running = self.log_since(log_start).contains(" running");
+            if running && TcpStream::connect(self.addr()).await.is_ok() {
                 self.child = Some(child);
                 return Ok(());
             }

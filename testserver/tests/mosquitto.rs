@@ -98,3 +98,20 @@ async fn config_lines_cannot_move_the_listener() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_port_taken_by_another_listener_is_not_mistaken_for_mosquitto() {
+    let Some(mut broker) = mosquitto::start_or_skip().await else {
+        return;
+    };
+    broker.stop().await.unwrap();
+    // Someone else listens on the port now: mosquitto cannot bind it, and the harness must
+    // not take the other listener's answers for mosquitto's.
+    let _squatter = std::net::TcpListener::bind(broker.addr()).unwrap();
+    let err = broker.restart().await.unwrap_err();
+    assert!(
+        matches!(&err, paho_testserver::Error::MosquittoStart { log, .. } if log.contains("Address already in use")),
+        "{err}"
+    );
+    assert!(!broker.is_running());
+}
