@@ -20,6 +20,37 @@ use crate::Error;
 /// Cloning the handle is cheap (an [`Arc`]). The session lives as long as any clone (or a
 /// connection using it) does; when the last goes, waiting publish futures resolve with
 /// [`SessionClosed`](paho_session::Error::SessionClosed).
+///
+/// A reconnect loop (what `autopaho` does, with backoff, TLS and several servers):
+///
+/// ```no_run
+/// use paho::session::{FileStore, SessionConfig, StoreIdentity};
+/// use paho::{Client, ConnectOptions, SessionHandle};
+///
+/// # async fn run() -> Result<(), paho::Error> {
+/// let identity = StoreIdentity::new("tcp://broker:1883", "sensor-1")?;
+/// let store = FileStore::open("/var/lib/sensor-1/session", identity).await?;
+/// // Resumes whatever a killed process left in the store.
+/// let session = SessionHandle::restore(SessionConfig::new().session_expiry_interval(3600), store)
+///     .await?;
+/// let mut options = ConnectOptions::builder().client_id("sensor-1").clean_start(false).build()?;
+/// loop {
+///     let Ok(tcp) = tokio::net::TcpStream::connect("broker:1883").await else {
+///         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+///         continue;
+///     };
+///     let Ok((client, _incoming)) = Client::connect(tcp, options.clone(), session.clone()).await
+///     else {
+///         continue;
+///     };
+///     // Later connections keep the id the server assigned, if it assigned one.
+///     options = options.with_client_id(client.client_id());
+///     // ... hand `client` to the application; publishes started on an earlier connection
+///     // finish on this one ...
+///     let _why = client.closed().await;
+/// }
+/// # }
+/// ```
 pub struct SessionHandle<S: Store = MemoryStore> {
     pub(crate) inner: Arc<Mutex<SessionState<S>>>,
 }
