@@ -376,14 +376,13 @@ impl TestServer {
 
     /// Waits until a packet of `kind` has been received from a client and returns the first.
     pub async fn wait_for_received(&self, kind: PacketType) -> Packet {
-        let event = self
-            .wait_for(|e| e.received().is_some_and(|p| p.packet_type() == kind))
-            .await;
-        match event.kind {
-            EventKind::Received(p) => p,
-            // wait_for only returns matching events.
-            _ => Packet::PingReq,
-        }
+        self.shared
+            .events
+            .wait(|new, _| {
+                new.iter()
+                    .find_map(|e| e.received().filter(|p| p.packet_type() == kind).cloned())
+            })
+            .await
     }
 
     /// The number of live connections (accepted and not yet closed).
