@@ -518,3 +518,62 @@ async fn keepalive_is_enforced_at_one_and_a_half_times() {
         ))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn server_keep_alive_overrides_and_enforcement_can_be_off() {
+    let server = TestServer::builder()
+        .server_keep_alive(2)
+        .start()
+        .await
+        .unwrap();
+    let mut c = RawClient::new(server.connect_duplex());
+    let ack = c
+        .connect_with(Connect {
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ack.properties.server_keep_alive, Some(2));
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        expect_disconnect(&mut c).await,
+        DisconnectReasonCode::KeepAliveTimeout
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(3),
+        "1.5 x the server's keepalive"
+    );
+
+    let lax = TestServer::builder()
+        .enforce_keep_alive(false)
+        .start()
+        .await
+        .unwrap();
+    let mut c = RawClient::new(lax.connect_duplex());
+    c.connect_with(Connect {
+        clean_start: true,
+        keep_alive: 1,
+        client_id: "k".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    c.send(Packet::PingReq).await.unwrap();
+    assert_eq!(c.expect().await.unwrap(), Packet::PingResp);
+}
+
+#[tokio::test]
+async fn any_transport_can_be_served() {
+    let server = TestServer::start().await.unwrap();
+    let (client_end, server_end) = tokio::io::duplex(1024);
+    let conn = server.serve(server_end);
+    let mut c = RawClient::new(client_end);
+    c.connect("custom").await.unwrap();
+    let opened = server.wait_for(|e| e.conn == conn).await;
+    assert_eq!(opened.kind, EventKind::Opened);
+}

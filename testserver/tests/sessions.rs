@@ -361,3 +361,25 @@ async fn shared_subscription_prefers_online_members() {
         "nothing queued for the offline member"
     );
 }
+
+#[tokio::test]
+async fn a_failed_pubrec_ends_the_qos2_delivery() {
+    let server = TestServer::start().await.unwrap();
+    let mut s = client(&server, "s").await;
+    sub(&mut s, "t", QoS::ExactlyOnce).await;
+    let mut p = client(&server, "p").await;
+    p.send(publish("t", "x", QoS::ExactlyOnce, 1))
+        .await
+        .unwrap();
+    let m = s.expect_publish().await.unwrap();
+    let mut rec = paho_packets::PubRec::new(m.packet_id.unwrap());
+    rec.reason_code = paho_packets::PubRecReasonCode::QuotaExceeded;
+    s.send(rec).await.unwrap();
+    s.send(Packet::PingReq).await.unwrap();
+    assert_eq!(
+        s.expect().await.unwrap(),
+        Packet::PingResp,
+        "no PUBREL after a failure PUBREC"
+    );
+    assert_eq!(server.outbound("s"), Some((0, 0)));
+}
