@@ -23,6 +23,11 @@ pub enum Fault {
     /// Write these bytes as they are, after what is already queued; the connection carries
     /// on. Use it for malformed or oversize packets.
     SendRaw(Bytes),
+    /// Send this packet as it is (not withheld, no topic alias applied), after what is
+    /// already queued; the connection carries on. Use it for well-formed packets the
+    /// protocol forbids here (a second CONNACK, a PUBREL for an unknown id, a DISCONNECT
+    /// with properties, ...).
+    SendPacket(Box<paho_packets::Packet>),
     /// Go half-open: stop reading and writing but keep the link open, so only the client's
     /// keepalive can notice. Queued and later packets wait in the write buffer.
     GoSilent,

@@ -14,7 +14,8 @@
 //!   outbound topic aliases, keepalive enforcement, an [`auth::Authenticator`]).
 //! - [`Faults`]: scripted failures, fired when the Nth packet of a type arrives
 //!   ([`Trigger`], [`When`]) or applied at once ([`Target`]): drop the link, DISCONNECT with a
-//!   reason, raw bytes, half-open silence; and withholding acknowledgements until release.
+//!   reason, raw bytes or out-of-place packets, half-open silence; and withholding
+//!   acknowledgements until release.
 //! - [`Event`]s: every packet received and sent, per connection, with
 //!   [`TestServer::wait_for`].
 //! - [`raw::RawClient`]: a packet-level client that does nothing on its own, for scripting

@@ -393,3 +393,21 @@ async fn faults_can_target_one_connection_by_id() {
         0
     );
 }
+
+#[tokio::test]
+async fn scripted_packets_are_sent_as_they_are() {
+    let server = TestServer::start().await.unwrap();
+    let mut c = client(&server, "c").await;
+    let second_connack = Packet::ConnAck(Box::default());
+    server.faults().apply(
+        Target::All,
+        Fault::SendPacket(Box::new(second_connack.clone())),
+    );
+    assert_eq!(c.expect().await.unwrap(), second_connack);
+    c.send(Packet::PingReq).await.unwrap();
+    assert_eq!(
+        c.expect().await.unwrap(),
+        Packet::PingResp,
+        "the connection carries on"
+    );
+}

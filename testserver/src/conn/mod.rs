@@ -302,6 +302,14 @@ impl Conn {
                 self.wbuf.extend_from_slice(&bytes);
                 self.log(EventKind::SentRaw(bytes));
             }
+            Fault::SendPacket(packet) => {
+                if let Err(e) = packet.encode(&mut self.wbuf) {
+                    // The test asked for a packet the codec refuses to encode; say so.
+                    tracing::warn!(conn = %self.id, error = %e, "testserver could not encode a scripted packet");
+                    return;
+                }
+                self.log(EventKind::Sent(*packet));
+            }
             Fault::GoSilent => {
                 self.reading = false;
                 self.writing = false;
