@@ -228,8 +228,9 @@ impl Builder {
 
     /// Sends topic aliases to clients that accept them (their CONNECT's Topic Alias Maximum):
     /// the first message on a topic carries the topic and a new alias, later ones an empty
-    /// topic and the alias. Aliases are per connection; once they run out, topics are sent in
-    /// full. Default: off (mosquitto never sends aliases).
+    /// topic and the alias. Aliases are per connection; once they run out, the least recently
+    /// used one is reassigned to the new topic (sent with that topic, so the client must
+    /// replace its mapping). Default: off (mosquitto never sends aliases).
     pub fn send_topic_aliases(&mut self, yes: bool) -> &mut Self {
         self.config.send_topic_aliases = yes;
         self

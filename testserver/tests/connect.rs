@@ -280,7 +280,7 @@ async fn outbound_topic_aliases_when_enabled() {
         clean_start: true,
         client_id: "s".into(),
         properties: ConnectProperties {
-            topic_alias_maximum: Some(1),
+            topic_alias_maximum: Some(2),
             ..Default::default()
         },
         ..Default::default()
@@ -289,24 +289,43 @@ async fn outbound_topic_aliases_when_enabled() {
     .unwrap();
     sub(&mut s, "#", QoS::AtMostOnce).await;
     let mut p = client(&server, "p").await;
-    for t in ["a", "a", "b"] {
-        p.send(publish(t, "x", QoS::AtMostOnce, 0)).await.unwrap();
+    for t in ["a", "a", "b", "a", "c", "b", "a"] {
+        p.send(publish(t, t.to_owned(), QoS::AtMostOnce, 0))
+            .await
+            .unwrap();
     }
-    let m1 = s.expect_publish().await.unwrap();
+    let mut wire = Vec::new();
+    let mut resolved = Vec::new();
+    let mut mapping = std::collections::HashMap::new();
+    for _ in 0..7 {
+        let m = s.expect_publish().await.unwrap();
+        let alias = m.properties.topic_alias.unwrap();
+        assert!(alias <= 2, "never above the client's Topic Alias Maximum");
+        if !m.topic.is_empty() {
+            mapping.insert(alias, m.topic.to_string());
+        }
+        wire.push((m.topic.to_string(), alias));
+        resolved.push(mapping[&alias].clone());
+        assert_eq!(
+            &m.payload[..],
+            mapping[&alias].as_bytes(),
+            "the alias resolves to the topic"
+        );
+    }
+    assert_eq!(resolved, vec!["a", "a", "b", "a", "c", "b", "a"]);
     assert_eq!(
-        (m1.topic.as_str(), m1.properties.topic_alias),
-        ("a", Some(1))
-    );
-    let m2 = s.expect_publish().await.unwrap();
-    assert_eq!(
-        (m2.topic.as_str(), m2.properties.topic_alias),
-        ("", Some(1))
-    );
-    let m3 = s.expect_publish().await.unwrap();
-    assert_eq!(
-        (m3.topic.as_str(), m3.properties.topic_alias),
-        ("b", None),
-        "aliases ran out"
+        wire,
+        vec![
+            ("a".to_owned(), 1),
+            ("".to_owned(), 1),
+            ("b".to_owned(), 2),
+            ("".to_owned(), 1),
+            // All taken: the least recently used (b's 2) is reassigned to c.
+            ("c".to_owned(), 2),
+            // b comes back on the least recently used, a's 1.
+            ("b".to_owned(), 1),
+            ("a".to_owned(), 2),
+        ]
     );
     // A client that accepts no aliases gets none.
     let mut plain = client(&server, "plain").await;

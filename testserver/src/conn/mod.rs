@@ -75,8 +75,10 @@ pub(crate) struct Conn {
     keep_alive: Option<Duration>,
     last_rx: Instant,
     alias_in: HashMap<u16, MqttString>,
-    alias_out: HashMap<MqttString, u16>,
+    /// Topic -> (alias, last use) for aliases sent to the client.
+    alias_out: HashMap<MqttString, (u16, u64)>,
     alias_out_max: u16,
+    alias_clock: u64,
     /// Inbound QoS 1/2 packet ids whose final ack (PUBACK, PUBCOMP) was not written yet:
     /// what the server's Receive Maximum limits.
     inbound_unacked: HashSet<u16>,
@@ -109,6 +111,7 @@ impl Conn {
             alias_in: HashMap::new(),
             alias_out: HashMap::new(),
             alias_out_max: 0,
+            alias_clock: 0,
             inbound_unacked: HashSet::new(),
             replies: Vec::new(),
             close: None,
@@ -356,18 +359,37 @@ impl Conn {
         self.log(EventKind::Sent(packet));
     }
 
+    /// Outbound topic aliases: a known topic goes as an empty topic plus its alias; a new one
+    /// gets the next free alias, or, once all are taken, the least recently used one is
+    /// reassigned (sent with the new topic, so the client must update its mapping).
     fn apply_alias(&mut self, p: &mut Publish) {
         if self.alias_out_max == 0 || p.topic.is_empty() {
             return;
         }
-        if let Some(&alias) = self.alias_out.get(&p.topic) {
-            p.properties.topic_alias = Some(alias);
+        self.alias_clock += 1;
+        let now = self.alias_clock;
+        if let Some((alias, used)) = self.alias_out.get_mut(&p.topic) {
+            *used = now;
+            p.properties.topic_alias = Some(*alias);
             p.topic = MqttString::new();
-        } else if self.alias_out.len() < usize::from(self.alias_out_max) {
-            let alias = self.alias_out.len() as u16 + 1;
-            self.alias_out.insert(p.topic.clone(), alias);
-            p.properties.topic_alias = Some(alias);
+            return;
         }
+        let alias = if self.alias_out.len() < usize::from(self.alias_out_max) {
+            self.alias_out.len() as u16 + 1
+        } else {
+            let oldest = self
+                .alias_out
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(topic, (alias, _))| (topic.clone(), *alias));
+            let Some((topic, alias)) = oldest else {
+                return;
+            };
+            self.alias_out.remove(&topic);
+            alias
+        };
+        self.alias_out.insert(p.topic.clone(), (alias, now));
+        p.properties.topic_alias = Some(alias);
     }
 
     fn log(&self, kind: EventKind) {
