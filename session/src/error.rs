@@ -106,7 +106,9 @@ pub enum Error {
     #[error("not connected")]
     NotConnected,
     /// The application acknowledged a message received on a connection that has since closed.
-    /// Nothing is sent: the server redelivers the message on the next connection.
+    /// Nothing is sent: the server redelivers the message on the next connection (a QoS 1
+    /// message is then delivered again; a QoS 2 one is acknowledged without being delivered
+    /// again, since the application has had it).
     #[error("the connection this message arrived on has closed; the server will redeliver it")]
     StaleAck,
     /// The server broke the protocol (for example it acknowledged a packet id that is not in

@@ -563,18 +563,29 @@ async fn inbound_qos2_stored_before_pubrec_and_not_redelivered_across_reconnect(
     h.connect(false, None).await;
     h.feed(incoming(QoS::ExactlyOnce, 9, "exactly")).await;
     assert_eq!(h.delivered.len(), 1);
-    assert_eq!(
-        h.stored().await,
-        vec![(Key::Inbound(pid(9)), EntryKind::PubRec)]
-    );
     assert!(
         h.take_wire().is_empty(),
         "PUBREC waits for the application's ack"
     );
+    // Nothing stored yet: a process that dies now must get the message again.
+    assert!(h.stored().await.is_empty());
     let token = h.delivered[0].ack_token().unwrap();
     h.session.ack(token).unwrap();
-    h.drive().await;
-    assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(9)))]);
+    // The ack stores the marker, and only then does PUBREC go.
+    let store_op = match h.session.poll_action() {
+        Some(Action::Store(op)) => op,
+        other => panic!("expected the marker's store operation first, got {other:?}"),
+    };
+    assert!(matches!(
+        &store_op,
+        paho_session::StoreOp::Put { key, kind: EntryKind::PubRec, .. } if *key == Key::Inbound(pid(9))
+    ));
+    store_op.apply(&h.store).await.unwrap();
+    assert_eq!(
+        h.session.poll_action(),
+        Some(Action::Send(Packet::PubRec(PubRec::new(pid(9)))))
+    );
+    assert_eq!(h.session.poll_action(), None);
 
     h.drop_link().await;
     h.connect(true, None).await;
@@ -654,7 +665,10 @@ async fn inbound_qos2_duplicate_suppressed_across_restart() {
         h.connect(false, None).await;
         h.feed(incoming(QoS::ExactlyOnce, 21, "only once")).await;
         assert_eq!(h.delivered.len(), 1);
-        // The process dies here, before even acking: the marker is already durable.
+        h.session.ack(h.delivered[0].ack_token().unwrap()).unwrap();
+        h.drive().await;
+        assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(21)))]);
+        // The process dies here, after PUBREC: the marker is durable (it was stored first).
         h.store.close().await;
     }
     let store = FileStore::open(tmp.path(), ident()).await.unwrap();
@@ -1028,5 +1042,82 @@ async fn pubcomp_0x92_after_a_resent_pubrel_counts_as_accepted() {
     let outcome = done.await.unwrap();
     assert_eq!(outcome.reason_code(), 0x92);
     assert!(outcome.is_success());
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn inbound_qos2_not_acked_before_a_crash_is_delivered_again_after_restart() {
+    // The application had the message but had not said it was done with it (no ack, so no
+    // PUBREC) when the process died. The server still awaits PUBREC and resends it; the new
+    // process must deliver it, or it is lost for the application.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+        let session =
+            Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+                .await
+                .unwrap();
+        let mut h = Harness::new(session, store);
+        h.connect(false, None).await;
+        h.feed(incoming(QoS::ExactlyOnce, 21, "must arrive")).await;
+        assert_eq!(h.delivered.len(), 1);
+        assert!(h.take_wire().is_empty(), "no PUBREC before the ack");
+        h.store.close().await; // killed before the application acked
+    }
+    let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+    let session = Session::restore_from(SessionConfig::new().session_expiry_interval(HOUR), &store)
+        .await
+        .unwrap();
+    let mut h = Harness::new(session, store);
+    assert_eq!(h.session.inbound_pending(), 0);
+    h.connect(true, None).await;
+    let mut dup = incoming(QoS::ExactlyOnce, 21, "must arrive");
+    dup.dup = true;
+    h.feed(dup).await;
+    assert_eq!(
+        h.delivered.len(),
+        1,
+        "the unacknowledged message is delivered"
+    );
+    // Once acked it is recorded (before PUBREC) and a further resend is not delivered again.
+    h.session.ack(h.delivered[0].ack_token().unwrap()).unwrap();
+    h.drive().await;
+    assert_eq!(
+        h.stored().await,
+        vec![(Key::Inbound(pid(21)), EntryKind::PubRec)]
+    );
+    assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(21)))]);
+    h.store.close().await;
+}
+
+#[tokio::test]
+async fn inbound_qos2_delivered_but_not_acked_when_the_link_drops_is_not_delivered_twice() {
+    // Same process: the application has had the message when the link drops before its ack.
+    // The server's resend is not delivered a second time; it is answered at once (marker
+    // stored first), and does not hold later acks of the new connection behind an ack that
+    // belongs to the old one.
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    h.feed(incoming(QoS::ExactlyOnce, 5, "once")).await;
+    let first = h.delivered[0].ack_token().unwrap();
+    assert!(h.stored().await.is_empty(), "nothing stored before the ack");
+    h.drop_link().await;
+    h.connect(true, None).await;
+    let mut dup = incoming(QoS::ExactlyOnce, 5, "once");
+    dup.dup = true;
+    h.feed(dup).await;
+    assert_eq!(h.delivered.len(), 1, "not delivered twice");
+    assert_eq!(
+        h.stored().await,
+        vec![(Key::Inbound(pid(5)), EntryKind::PubRec)]
+    );
+    assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(5)))]);
+    assert!(matches!(h.session.ack(first), Err(Error::StaleAck)));
+    h.feed(incoming(QoS::AtLeastOnce, 6, "next")).await;
+    h.session.ack(h.delivered[1].ack_token().unwrap()).unwrap();
+    h.drive().await;
+    assert_eq!(h.take_wire(), vec![Packet::PubAck(PubAck::new(pid(6)))]);
+    h.feed(PubRel::new(pid(5))).await;
+    assert_eq!(h.take_wire(), vec![Packet::PubComp(PubComp::new(pid(5)))]);
     assert!(h.stored().await.is_empty());
 }

@@ -7,13 +7,23 @@ use paho_packets::{PacketId, QoS};
 use super::action::AckToken;
 
 /// An incoming QoS 2 exchange awaiting PUBREL.
+///
+/// The marker is stored just before PUBREC goes out, normally when the application acks, not
+/// on delivery: the server takes PUBREC as "received", so from then on the message must not
+/// be delivered again, even after a restart; before it, a process killed while the
+/// application still had the message must get it again (the server resends it), or it is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
-    /// Delivered on this connection; the application has not acked it yet, so PUBREC has not
-    /// gone out.
+    /// Delivered on this connection; the application has not acked it yet, so nothing is
+    /// stored and PUBREC has not gone out.
     Awaiting,
-    /// PUBREC sent (or the marker came from the store or an earlier connection): a repeated
-    /// PUBLISH is answered with PUBREC and not delivered.
+    /// Delivered on an earlier connection of this process and not acked before it closed:
+    /// nothing stored, no PUBREC sent. The application has had the message, so the server's
+    /// resend is not delivered again: it is answered with PUBREC (marker stored first) at once,
+    /// as the ack of the first delivery cannot reach this connection.
+    Orphaned,
+    /// Marker stored (or queued to be, before PUBREC) and PUBREC sent, or restored from the
+    /// store: a repeated PUBLISH is answered with PUBREC and not delivered.
     Recorded,
 }
 

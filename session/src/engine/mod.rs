@@ -443,7 +443,9 @@ impl Session {
         }
         self.acks.new_connection();
         for st in self.inbound.values_mut() {
-            *st = inbound::State::Recorded;
+            if *st == inbound::State::Awaiting {
+                *st = inbound::State::Orphaned;
+            }
         }
         if self.expiry == 0 {
             self.clear(|| Error::SessionExpired);
@@ -830,27 +832,25 @@ impl Session {
             (_, None) => return Err(protocol("QoS 1/2 PUBLISH without a packet id")),
         };
         if qos == QoS::ExactlyOnce {
-            match self.inbound.get(&id) {
-                Some(inbound::State::Recorded) => {
-                    // Accepted before (on an earlier connection or by an earlier process):
-                    // acknowledge again, do not deliver again.
+            match self.inbound.get_mut(&id) {
+                Some(inbound::State::Recorded | inbound::State::Orphaned) => {
+                    // Accepted before (on an earlier connection or by an earlier process), or
+                    // delivered on an earlier connection of this process: acknowledge (an
+                    // orphan's marker is stored first, in `flush_acks`), do not deliver again.
                     let token = self.acks.push(id, qos);
                     self.acks.mark(token);
-                    self.flush_acks();
-                    return Ok(());
+                    return self.flush_acks();
                 }
                 Some(inbound::State::Awaiting) => {
                     // Same connection, the application has not acked yet: its PUBREC will go.
                     return Ok(());
                 }
                 None => {
-                    let value = encode(&Packet::PubRec(PubRec::new(id)))?;
+                    let token = self.acks.push(id, qos);
                     self.inbound.insert(id, inbound::State::Awaiting);
-                    self.actions.push_back(Action::Store(StoreOp::Put {
-                        key: Key::Inbound(id),
-                        kind: EntryKind::PubRec,
-                        value,
-                    }));
+                    self.actions
+                        .push_back(Action::Deliver(Delivery::new(publish, Some(token))));
+                    return Ok(());
                 }
             }
         }
@@ -863,7 +863,10 @@ impl Session {
     fn on_pubrel(&mut self, rel: PubRel) -> Result<(), Error> {
         let id = rel.packet_id;
         let mut comp = PubComp::new(id);
-        if self.inbound.get(&id) == Some(&inbound::State::Awaiting) {
+        if matches!(
+            self.inbound.get(&id),
+            Some(inbound::State::Awaiting | inbound::State::Orphaned)
+        ) {
             // Our PUBREC has not been sent (the application has not acked yet).
             return Err(protocol("PUBREL before PUBREC"));
         }
@@ -883,28 +886,44 @@ impl Session {
     /// PUBLISHes arrived (MQTT-4.6.0-2), whatever order the application acks in: an ack waits
     /// for the acks of earlier messages.
     ///
+    /// For QoS 2 the ack is what makes the message "received": the engine then stores the
+    /// inbound marker (a [`StoreOp::Put`]) and sends PUBREC, and from then on a resend is not
+    /// delivered again, even by a restarted process. A process that dies before the ack gets
+    /// the message again from the server.
+    ///
     /// Acking a message whose connection has closed returns [`Error::StaleAck`] and sends
-    /// nothing (the server redelivers it). Acking twice does nothing.
+    /// nothing: the server redelivers it; a QoS 1 message is then delivered again, a QoS 2 one
+    /// (which the application has had) is answered with PUBREC without being delivered again.
+    /// Acking twice does nothing.
     pub fn ack(&mut self, token: AckToken) -> Result<(), Error> {
         if !self.acks.mark(token) {
             return Err(Error::StaleAck);
         }
-        self.flush_acks();
-        Ok(())
+        self.flush_acks()
     }
 
-    fn flush_acks(&mut self) {
+    fn flush_acks(&mut self) -> Result<(), Error> {
         while let Some((id, qos)) = self.acks.pop_ready() {
             let packet = if qos == QoS::ExactlyOnce {
-                if let Some(st) = self.inbound.get_mut(&id) {
-                    *st = inbound::State::Recorded;
+                let pubrec = Packet::PubRec(PubRec::new(id));
+                if self.inbound.get(&id) != Some(&inbound::State::Recorded) {
+                    // Stored before PUBREC goes: from PUBREC on the server counts the message
+                    // as received and a restarted process must not deliver it again.
+                    let value = encode(&pubrec)?;
+                    self.actions.push_back(Action::Store(StoreOp::Put {
+                        key: Key::Inbound(id),
+                        kind: EntryKind::PubRec,
+                        value,
+                    }));
+                    self.inbound.insert(id, inbound::State::Recorded);
                 }
-                Packet::PubRec(PubRec::new(id))
+                pubrec
             } else {
                 Packet::PubAck(PubAck::new(id))
             };
             self.actions.push_back(Action::Send(packet));
         }
+        Ok(())
     }
 
     // ----- driver plumbing ------------------------------------------------------------------
