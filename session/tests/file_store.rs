@@ -314,3 +314,22 @@ async fn quarantining_does_not_hold_a_descriptor_per_entry() {
     );
     s.close().await;
 }
+
+#[tokio::test]
+async fn dropping_the_store_with_operations_in_flight_answers_them_all() {
+    // The last handle goes while 200 operations are still queued for the writer thread: every
+    // future still resolves (the writer drains its queue before it stops), and all of them
+    // are on disk.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = FileStore::open(tmp.path(), ident()).await.unwrap();
+    let pending: Vec<_> = (1..=200u16)
+        .map(|n| s.put(out(n), EntryKind::Publish, Bytes::from(vec![n as u8; 10])))
+        .collect();
+    drop(s);
+    for p in pending {
+        p.await.unwrap();
+    }
+    let s = FileStore::open(tmp.path(), ident()).await.unwrap();
+    assert_eq!(s.list().await.unwrap().len(), 200);
+    s.close().await;
+}
