@@ -19,6 +19,12 @@ use crate::wait::lock;
 /// lets a later opener lock a new file while an older holder still holds the unlinked one.
 pub(crate) const LOCK_FILE: &str = "lock";
 
+/// How often, and how far apart, a busy lock is tried again before the open fails (about
+/// 100 ms in all): long enough for a forked child to exec, short enough to report a real
+/// second process promptly.
+const LOCK_ATTEMPTS: u32 = 50;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
 fn open_dirs() -> &'static Mutex<HashSet<PathBuf>> {
     static OPEN: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
     OPEN.get_or_init(|| Mutex::new(HashSet::new()))
@@ -53,23 +59,36 @@ impl DirGuard {
             .write(true)
             .open(registered.dir.join(LOCK_FILE))
             .map_err(Error::io("opening the queue's lock file"))?;
-        let held = match file.try_lock() {
-            Ok(()) => Some(file),
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::AlreadyOpen {
-                    dir: registered.dir.clone(),
-                })
-            }
-            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-                tracing::warn!(
-                    dir = %registered.dir.display(),
-                    "paho-queue: file locks are not supported here; the directory is only \
-                     protected against a second open in this process"
-                );
-                None
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(Error::io("locking the queue directory")(e));
+        let mut attempts = 0;
+        let held = loop {
+            match file.try_lock() {
+                Ok(()) => break Some(file),
+                // A busy lock is not always another queue: a child forked by any thread of this
+                // process (a `Command::spawn` elsewhere) inherits the descriptor of a queue that
+                // was just closed and holds its lock until it execs. So retry briefly before
+                // blaming another process. This runs on the queue's I/O thread (`recover`),
+                // never on an async one, so the short sleeps block nobody else.
+                Err(TryLockError::WouldBlock) if attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY);
+                    continue;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::AlreadyOpen {
+                        dir: registered.dir.clone(),
+                    })
+                }
+                Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    tracing::warn!(
+                        dir = %registered.dir.display(),
+                        "paho-queue: file locks are not supported here; the directory is only \
+                         protected against a second open in this process"
+                    );
+                    break None;
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::io("locking the queue directory")(e));
+                }
             }
         };
         let mut guard = registered;
