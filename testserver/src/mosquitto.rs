@@ -279,13 +279,8 @@ impl Mosquitto {
                 .status()
                 .await;
         }
-        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-            Ok(r) => {
-                r?;
-            }
-            Err(_) => {
-                child.kill().await?;
-            }
+        if !exited_within(&mut child, STOP_TIMEOUT).await? {
+            child.kill().await?;
         }
         Ok(())
     }
@@ -425,6 +420,29 @@ impl Mosquitto {
         let all = fs::read(self.log_path()).unwrap_or_default();
         let start = usize::try_from(start).unwrap_or(0).min(all.len());
         String::from_utf8_lossy(&all[start..]).into_owned()
+    }
+}
+
+/// Waits up to `limit` of real time for `child` to exit; false if it is still running.
+///
+/// Real time, not tokio time: under a paused clock tokio jumps to the next timer whenever the
+/// runtime is idle, including while mosquitto is still writing its persistence file after
+/// SIGTERM, so a `tokio::time::timeout` would give up at once and the caller would SIGKILL it.
+/// The short tokio sleeps only pace the polling (under a paused clock they pass at once, and
+/// the real-time deadline still bounds the loop).
+async fn exited_within(child: &mut Child, limit: Duration) -> Result<bool, Error> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        tokio::select! {
+            r = child.wait() => {
+                r?;
+                return Ok(true);
+            }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
     }
 }
 

@@ -115,3 +115,28 @@ async fn a_port_taken_by_another_listener_is_not_mistaken_for_mosquitto() {
     );
     assert!(!broker.is_running());
 }
+
+/// Under a paused clock tokio jumps to the next timer whenever the runtime is idle, even while
+/// mosquitto is still saving its state after SIGTERM: a stop bounded by tokio time would kill
+/// it at once and lose the state. The harness bounds its waits by real time.
+#[tokio::test(start_paused = true)]
+async fn stop_under_a_paused_clock_lets_mosquitto_save_its_state() {
+    let Some(builder) = mosquitto::require() else {
+        return;
+    };
+    let mut broker = builder.persistence(true).start().await.unwrap();
+    let port = broker.port();
+    broker.stop().await.unwrap();
+    assert!(
+        broker.log().contains("terminating"),
+        "mosquitto ended through SIGTERM, not SIGKILL:\n{}",
+        broker.log()
+    );
+    assert!(
+        broker.dir().join("mosquitto.db").exists(),
+        "mosquitto saved its state at SIGTERM"
+    );
+    broker.restart().await.unwrap();
+    assert_eq!(broker.port(), port);
+    broker.stop().await.unwrap();
+}
