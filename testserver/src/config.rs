@@ -2,12 +2,16 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use paho_packets::{ConnectReasonCode, QoS};
 
 use crate::auth::Authenticator;
 use crate::server::TestServer;
 use crate::Error;
+
+/// The default of [`Builder::wait_limit`].
+const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// How the server honours a client's Receive Maximum when it delivers QoS 1/2 messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +52,7 @@ pub(crate) struct Config {
     pub(crate) enforce_keep_alive: bool,
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     pub(crate) duplex_buffer: usize,
+    pub(crate) wait_limit: Duration,
 }
 
 impl Default for Config {
@@ -71,6 +76,7 @@ impl Default for Config {
             enforce_keep_alive: true,
             authenticator: None,
             duplex_buffer: 64 * 1024,
+            wait_limit: DEFAULT_WAIT_LIMIT,
         }
     }
 }
@@ -97,6 +103,7 @@ impl fmt::Debug for Config {
             .field("flow_control", &self.flow_control)
             .field("enforce_keep_alive", &self.enforce_keep_alive)
             .field("authenticator", &self.authenticator.is_some())
+            .field("wait_limit", &self.wait_limit)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +131,9 @@ impl Config {
             return Err(Error::Config(
                 "the duplex buffer must hold at least one byte",
             ));
+        }
+        if self.wait_limit.is_zero() {
+            return Err(Error::Config("the wait limit must be more than zero"));
         }
         if self.assigned_client_id.as_deref() == Some("") {
             return Err(Error::Config("an assigned client id must not be empty"));
@@ -262,6 +272,15 @@ impl Builder {
     /// Default: 64 KiB.
     pub fn duplex_buffer(&mut self, bytes: usize) -> &mut Self {
         self.config.duplex_buffer = bytes;
+        self
+    }
+
+    /// How long [`TestServer::wait_for`] and the other `wait_*` helpers wait before they
+    /// panic (with the last events in the message). Default: 60 s of tokio time, which costs
+    /// no real time under a paused clock; it is there so a test whose event never comes
+    /// fails instead of hanging CI.
+    pub fn wait_limit(&mut self, limit: Duration) -> &mut Self {
+        self.config.wait_limit = limit;
         self
     }
 

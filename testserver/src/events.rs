@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use paho_packets::{DisconnectReasonCode, Packet};
@@ -92,6 +93,9 @@ impl Event {
     }
 }
 
+/// How many of the latest events a failed wait shows.
+const GAVE_UP_TAIL: usize = 20;
+
 /// The append-only log and the notification that wakes waiters on every append.
 #[derive(Debug, Default)]
 pub(crate) struct EventLog {
@@ -130,15 +134,29 @@ impl EventLog {
 
     /// Waits until `cond` holds; `cond` is checked on every append or poke, without the log's
     /// lock held.
-    pub(crate) async fn wait_until(&self, mut cond: impl FnMut() -> bool) {
-        loop {
-            let notified = self.appended.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cond() {
-                return;
+    ///
+    /// # Panics
+    ///
+    /// When `cond` still does not hold after `limit` of tokio time; `what` names the wait.
+    pub(crate) async fn wait_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut cond: impl FnMut() -> bool,
+    ) {
+        let waiting = async {
+            loop {
+                let notified = self.appended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if cond() {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
+        };
+        if tokio::time::timeout(limit, waiting).await.is_err() {
+            self.gave_up(limit, what);
         }
     }
 
@@ -146,30 +164,67 @@ impl EventLog {
     /// (so a long log is scanned once, not once per append) and `true` when the log was
     /// cleared since its last call (it must then forget what it counted). It runs under the
     /// log's lock and must not call back into the server.
-    pub(crate) async fn wait<T>(&self, mut check: impl FnMut(&[Event], bool) -> Option<T>) -> T {
+    ///
+    /// # Panics
+    ///
+    /// When `check` found nothing after `limit` of tokio time; `what` names the wait.
+    pub(crate) async fn wait<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        mut check: impl FnMut(&[Event], bool) -> Option<T>,
+    ) -> T {
         let mut seen = 0;
         let mut clears = None;
-        loop {
-            // Register interest before looking, so an append between the look and the await
-            // is not missed.
-            let notified = self.appended.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let log = lock(&self.inner);
-                let restarted = clears.is_some_and(|c| c != log.clears);
-                if restarted || seen > log.entries.len() {
-                    seen = 0;
+        let waiting = async {
+            loop {
+                // Register interest before looking, so an append between the look and the await
+                // is not missed.
+                let notified = self.appended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let log = lock(&self.inner);
+                    let restarted = clears.is_some_and(|c| c != log.clears);
+                    if restarted || seen > log.entries.len() {
+                        seen = 0;
+                    }
+                    clears = Some(log.clears);
+                    let found = check(&log.entries[seen..], restarted);
+                    seen = log.entries.len();
+                    if let Some(found) = found {
+                        return found;
+                    }
                 }
-                clears = Some(log.clears);
-                let found = check(&log.entries[seen..], restarted);
-                seen = log.entries.len();
-                if let Some(found) = found {
-                    return found;
-                }
+                notified.await;
             }
-            notified.await;
+        };
+        match tokio::time::timeout(limit, waiting).await {
+            Ok(found) => found,
+            Err(_) => self.gave_up(limit, what),
         }
+    }
+
+    /// A wait ran out: fail the test with what it waited for and the last events, instead of
+    /// letting it hang (an event that never comes would otherwise block CI for good).
+    fn gave_up(&self, limit: Duration, what: &str) -> ! {
+        let log = lock(&self.inner);
+        let tail: Vec<String> = log
+            .entries
+            .iter()
+            .rev()
+            .take(GAVE_UP_TAIL)
+            .rev()
+            .map(|e| format!("  {} {:?}: {:?}", e.conn, e.client_id, e.kind))
+            .collect();
+        let total = log.entries.len();
+        drop(log);
+        panic!(
+            "paho-testserver: {what} did not happen within {limit:?} (Builder::wait_limit); \
+             the last {} of {total} events:\n{}",
+            tail.len(),
+            tail.join("\n")
+        );
     }
 }
 

@@ -338,13 +338,27 @@ impl TestServer {
     /// the first event or the last [`TestServer::clear_events`]) and returns the first such.
     /// Each event is shown to `pred` once; `pred` must not call back into the server.
     ///
-    /// Cancel safe. Never times out by itself: wrap it in `tokio::time::timeout` if the test
-    /// needs a bound (with a paused clock that costs no real time).
+    /// Cancel safe. Bounded, so a test cannot hang on an event that never comes.
+    ///
+    /// # Panics
+    ///
+    /// When no event matches within the wait limit ([`Builder::wait_limit`], default 60 s
+    /// of tokio time: free under a paused clock), with the last events in the message. Under a
+    /// paused clock, use [`TestServer::connect_duplex`] rather than TCP: tokio may advance a
+    /// paused clock while real sockets are busy.
+    ///
+    /// [`Builder::wait_limit`]: crate::Builder::wait_limit
     pub async fn wait_for(&self, mut pred: impl FnMut(&Event) -> bool) -> Event {
         self.shared
             .events
-            .wait(|new, _| new.iter().find(|e| pred(e)).cloned())
+            .wait(self.wait_limit(), "wait_for", |new, _| {
+                new.iter().find(|e| pred(e)).cloned()
+            })
             .await
+    }
+
+    fn wait_limit(&self) -> std::time::Duration {
+        lock(&self.shared.broker).config.wait_limit
     }
 
     /// Waits until `n` events in the log match `pred` and returns the first `n`. Same rules
@@ -355,9 +369,10 @@ impl TestServer {
         mut pred: impl FnMut(&Event) -> bool,
     ) -> Vec<Event> {
         let mut found = Vec::new();
+        let what = format!("wait_for_count({n})");
         self.shared
             .events
-            .wait(|new, restarted| {
+            .wait(self.wait_limit(), &what, |new, restarted| {
                 if restarted {
                     found.clear();
                 }
@@ -375,10 +390,12 @@ impl TestServer {
     }
 
     /// Waits until a packet of `kind` has been received from a client and returns the first.
+    /// Same rules as [`TestServer::wait_for`].
     pub async fn wait_for_received(&self, kind: PacketType) -> Packet {
+        let what = format!("wait_for_received({kind:?})");
         self.shared
             .events
-            .wait(|new, _| {
+            .wait(self.wait_limit(), &what, |new, _| {
                 new.iter()
                     .find_map(|e| e.received().filter(|p| p.packet_type() == kind).cloned())
             })
@@ -390,12 +407,16 @@ impl TestServer {
         lock(&self.shared.broker).conns.len()
     }
 
-    /// Waits until exactly `n` connections are live. Cancel safe.
+    /// Waits until exactly `n` connections are live. Cancel safe. Same bound as
+    /// [`TestServer::wait_for`].
     pub async fn wait_connection_count(&self, n: usize) {
         let shared = &self.shared;
+        let what = format!("wait_connection_count({n})");
         shared
             .events
-            .wait_until(|| lock(&shared.broker).conns.len() == n)
+            .wait_until(self.wait_limit(), &what, || {
+                lock(&shared.broker).conns.len() == n
+            })
             .await
     }
 
