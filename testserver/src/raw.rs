@@ -1,6 +1,8 @@
 //! [`RawClient`]: a minimal MQTT v5 client that sends and receives whole packets and does
 //! nothing on its own (no acks, no keepalive), for tests that script both sides.
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use paho_packets::{
     decode, ConnAck, Connect, ConnectProperties, Packet, PacketId, Publish, QoS, SubAck, Subscribe,
@@ -10,13 +12,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Error;
 
+/// How long [`RawClient::recv`] waits by default.
+const DEFAULT_RECV_LIMIT: Duration = Duration::from_secs(60);
+
 /// A packet-level client over any transport: [`RawClient::send`] writes one packet,
 /// [`RawClient::recv`] reads the next one. Nothing is answered automatically.
+///
+/// Reads are bounded (60 s of tokio time by default, free under a paused clock; see
+/// [`RawClient::set_recv_limit`]), so a test waiting for a packet that never comes fails
+/// with [`Error::Timeout`] instead of hanging.
 #[derive(Debug)]
 pub struct RawClient<T> {
     io: T,
     rbuf: BytesMut,
     max_packet_size: u32,
+    recv_limit: Option<Duration>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> RawClient<T> {
@@ -26,12 +36,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawClient<T> {
             io,
             rbuf: BytesMut::with_capacity(8 * 1024),
             max_packet_size: MAX_PACKET_SIZE,
+            recv_limit: Some(DEFAULT_RECV_LIMIT),
         }
     }
 
     /// The largest packet [`RawClient::recv`] accepts (default: no limit).
     pub fn set_max_packet_size(&mut self, max: u32) {
         self.max_packet_size = max;
+    }
+
+    /// How long [`RawClient::recv`] (and everything that reads) waits for a packet before it
+    /// fails with [`Error::Timeout`]; `None` waits for ever (only inside the test's own
+    /// `tokio::time::timeout`). Default: 60 s of tokio time.
+    pub fn set_recv_limit(&mut self, limit: Option<Duration>) {
+        self.recv_limit = limit;
     }
 
     /// Encodes and writes one packet.
@@ -49,8 +67,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawClient<T> {
     }
 
     /// Reads the next packet; `Ok(None)` when the peer closed the connection cleanly
-    /// between packets. Cancel safe (bytes read so far stay buffered).
+    /// between packets; [`Error::Timeout`] when nothing whole arrived within the limit
+    /// ([`RawClient::set_recv_limit`]). Cancel safe (bytes read so far stay buffered).
     pub async fn recv(&mut self) -> Result<Option<Packet>, Error> {
+        match self.recv_limit {
+            Some(limit) => tokio::time::timeout(limit, self.recv_unbounded())
+                .await
+                .unwrap_or(Err(Error::Timeout("a packet from the peer"))),
+            None => self.recv_unbounded().await,
+        }
+    }
+
+    async fn recv_unbounded(&mut self) -> Result<Option<Packet>, Error> {
         loop {
             if let Some(p) = decode(&mut self.rbuf, self.max_packet_size)? {
                 return Ok(Some(p));

@@ -109,3 +109,31 @@ async fn a_wait_that_matches_returns_without_waiting_for_the_limit() {
     assert!(start.elapsed() < Duration::from_secs(1));
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn raw_client_recv_is_bounded() {
+    let server = TestServer::start().await.unwrap();
+    let mut c = client(&server, "c").await;
+    let start = Instant::now();
+    // Nothing will come: the server has nothing to say to a client that said nothing.
+    let got = tokio::time::timeout(HANG, c.recv())
+        .await
+        .expect("recv hung: it has no bound");
+    assert!(
+        matches!(got, Err(paho_testserver::Error::Timeout(_))),
+        "{got:?}"
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(60),
+        "the default limit"
+    );
+    c.set_recv_limit(Some(Duration::from_secs(2)));
+    let start = Instant::now();
+    assert!(c.expect().await.is_err());
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    // The client still works after a timed-out read.
+    c.send(paho_packets::Packet::PingReq).await.unwrap();
+    assert_eq!(c.expect().await.unwrap(), paho_packets::Packet::PingResp);
+    server.shutdown().await;
+}
