@@ -79,6 +79,11 @@ impl Outbound {
         }
     }
 
+    /// Whether this connection assigns aliases at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.max > 0
+    }
+
     /// Applies an alias to a PUBLISH about to be written: a known topic is replaced by its
     /// alias; a new one gets a free alias (or the least recently used one's) and is sent
     /// with both, which sets the mapping on the server.

@@ -36,6 +36,8 @@ const WRITE_HIGH_WATER: usize = 1 << 20;
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands handled per wake-up before the socket gets a turn.
 const COMMAND_BATCH: usize = 64;
+/// The most a topic alias can add to an encoded PUBLISH.
+const ALIAS_OVERHEAD: u64 = 5;
 
 type StoreFuture = Pin<Box<dyn Future<Output = Result<(), paho_session::Error>> + Send>>;
 
@@ -449,8 +451,21 @@ where
     fn carry_out(&mut self, h: Held) -> Result<(), Error> {
         match h {
             Held::Send(mut p, waiter) => {
+                // Setting an alias adds up to 5 bytes (the property, and one more byte each in
+                // the property and remaining lengths). The engine only checked the packet
+                // without one, so a PUBLISH that close to the server's maximum goes with its
+                // topic alone: aliasing it would make it unsendable (a QoS 1/2 one would close
+                // the connection on every reconnect) or record an alias the server never got.
+                let alias_room = self.out_aliases.enabled()
+                    && matches!(p, Packet::Publish(_))
+                    && p.encoded_len()
+                        .is_ok_and(|n| n as u64 + ALIAS_OVERHEAD <= u64::from(self.max_out));
                 if let Packet::Publish(pb) = &mut p {
-                    self.out_aliases.apply(pb);
+                    if alias_room {
+                        self.out_aliases.apply(pb);
+                    } else {
+                        pb.properties.topic_alias = None;
+                    }
                     tracing::trace!(
                         id = pb.packet_id.map(|i| i.get()),
                         qos = ?pb.qos,
@@ -687,7 +702,6 @@ where
         // Tell the server why, when we are the ones closing for a reason.
         let reason = match &result {
             Err(Error::Protocol { reason_code, .. }) => Some(*reason_code),
-            Err(Error::KeepAliveTimeout) => Some(0x8D),
             Err(Error::Session(_)) => Some(0x80),
             _ => None,
         };
@@ -696,15 +710,29 @@ where
                 .unwrap_or(DisconnectReasonCode::UnspecifiedError);
             let _ = self.put(&Packet::Disconnect(Disconnect::new(code)));
         }
-        let transport_ok = !matches!(&result, Err(Error::Io(_)) | Err(Error::ConnectionClosed));
+        // A keepalive timeout means the link is presumed dead (half-open): writing the backlog
+        // to it could only stall for the close timeout, while the application waits to hear of
+        // the close and the session stays locked against a reconnect. (0x8D is a reason code
+        // only a server may send, so there is no DISCONNECT to give either.)
+        let transport_ok = !matches!(
+            &result,
+            Err(Error::Io(_)) | Err(Error::ConnectionClosed) | Err(Error::KeepAliveTimeout)
+        );
         if transport_ok {
             let (wr, wbuf) = (&mut self.wr, &self.wbuf);
+            let mut wrote_all = false;
             let out = async {
                 wr.write_all(wbuf).await?;
+                wrote_all = true;
                 wr.shutdown().await
             };
             if let Ok(Err(e)) = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, out).await {
                 tracing::debug!(error = %e, "could not write the closing packets");
+            }
+            if wrote_all {
+                // QoS 0 messages written by this last write are sent: say so (an error would
+                // invite the caller to publish them again).
+                self.written = self.queued;
             }
         }
         let error = result.clone().err().unwrap_or(Error::ConnectionClosed);
@@ -730,8 +758,12 @@ where
                 let _ = w.send(Err(error.clone()));
             }
         }
-        for (_, w) in self.qos0_waiters.drain(..) {
-            let _ = w.send(Err(error.clone()));
+        for (mark, w) in self.qos0_waiters.drain(..) {
+            let _ = w.send(if mark <= self.written {
+                Ok(None)
+            } else {
+                Err(error.clone())
+            });
         }
         if let Some(r) = self.reauth.take() {
             let _ = r.send(Err(error.clone()));

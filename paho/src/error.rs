@@ -46,7 +46,8 @@ pub enum Error {
         what: String,
     },
     /// Nothing arrived from the server within 1.5 times the keepalive interval (a half-open
-    /// link); the connection was closed (reason 0x8D, Keep Alive timeout).
+    /// link); the transport was closed at once, without writing anything more to a link
+    /// presumed dead. [`Error::reason_code`] gives 0x8D (Keep Alive timeout).
     #[error("keepalive timeout: nothing received from the server within 1.5x the keepalive")]
     KeepAliveTimeout,
     /// No CONNACK arrived within the connect timeout.

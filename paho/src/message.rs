@@ -140,7 +140,8 @@ fn send_ack(token: AckToken, tx: &mpsc::WeakUnboundedSender<Command>) -> AckOutc
 /// [`max_queued_qos0`](crate::ConnectOptionsBuilder::max_queued_qos0); later ones are dropped.
 ///
 /// The stream ends (`None`) when the connection has closed and every message received before
-/// was taken. Dropping it makes the connection acknowledge (and drop) every later message.
+/// was taken. Dropping it acknowledges (and drops) the messages still queued in it, and makes
+/// the connection do the same with every later message.
 /// It also implements [`futures_util::Stream`].
 pub struct Incoming {
     rx: mpsc::UnboundedReceiver<Delivered>,
@@ -220,6 +221,23 @@ impl Incoming {
     pub async fn dispatch(mut self, handler: impl crate::Handler) {
         while let Some(m) = self.recv().await {
             handler.handle(&m);
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Messages still queued here would vanish with the channel and their acks would never
+        // be made; since PUBACK/PUBREC leave in arrival order, every later ack of the connection
+        // would then wait behind them and the server's quota for us would run out for good.
+        // Acknowledge them, as the connection does with the messages that arrive after this.
+        // Closing first makes the connection's later sends fail (and take that path) so that
+        // none slips in behind the drain.
+        self.rx.close();
+        while let Ok(d) = self.rx.try_recv() {
+            if let Some(token) = d.token {
+                let _ = send_ack(token, &self.tx);
+            }
         }
     }
 }

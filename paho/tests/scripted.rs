@@ -728,7 +728,8 @@ async fn pings_when_idle_and_detects_a_half_open_link_within_one_and_a_half_keep
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(disconnect_reason(&peer.until_closed().await), Some(0x8D));
+    // Nothing more is written to a link presumed dead (and 0x8D is a server-only reason).
+    assert_eq!(peer.until_closed().await, []);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1272,4 +1273,113 @@ async fn a_second_connection_on_a_session_waits_for_the_first_to_end() {
     p2.accept(ConnAck::default()).await;
     let (c2, _i2) = second.await.unwrap().unwrap();
     assert!(!c2.is_closed());
+}
+
+// ----- review fixes -----------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn dropping_incoming_with_messages_queued_still_acknowledges_them() {
+    // Messages still queued when `Incoming` is dropped must be acknowledged like later ones:
+    // acks leave in arrival order, so two lost acks would hold every later one for good.
+    let (client, incoming, mut peer) = connect_default().await;
+    peer.send(incoming_msg(1)).await;
+    peer.send(server_publish("in", QoS::ExactlyOnce, 2, "2"))
+        .await;
+    // Not taken by the application: no ack yet (they are queued in `incoming`).
+    assert!(nothing_within(&mut peer, Duration::from_secs(5)).await);
+    drop(incoming);
+    peer.send(incoming_msg(3)).await;
+    assert_eq!(peer.expect().await, Packet::PubAck(PubAck::new(pid(1))));
+    assert_eq!(peer.expect().await, Packet::PubRec(PubRec::new(pid(2))));
+    assert_eq!(peer.expect().await, Packet::PubAck(PubAck::new(pid(3))));
+    assert!(!client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbound_alias_never_pushes_a_publish_over_the_servers_maximum() {
+    // A QoS 1 PUBLISH exactly at the server's Maximum Packet Size without an alias.
+    let mut at_max = publish("t/x", QoS::AtLeastOnce, &"p".repeat(100));
+    at_max.packet_id = Some(pid(1));
+    let max = Packet::Publish(at_max.clone()).encoded_len().unwrap() as u32;
+    at_max.packet_id = None;
+    let connack = ConnAck {
+        properties: ConnAckProperties {
+            topic_alias_maximum: Some(5),
+            maximum_packet_size: Some(max),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let opts = options().outbound_topic_aliases(5).build().unwrap();
+    let (client, _i, mut peer, _) = connect_with(opts, memory_session(0), connack).await;
+    let h = client.start_publish(at_max);
+    // It goes out with its topic and no alias (an alias would make it too large).
+    let p = peer.expect_publish().await;
+    assert_eq!((&*p.topic, p.properties.topic_alias), ("t/x", None));
+    peer.puback(p.packet_id.unwrap()).await;
+    assert!(h.await.unwrap().is_success());
+    // No alias was recorded for it: the next message on the topic sets one (topic and alias),
+    // and only the one after that uses it alone.
+    for expected in [("t/x", Some(1)), ("", Some(1))] {
+        client
+            .publish(publish("t/x", QoS::AtMostOnce, "small"))
+            .await
+            .unwrap();
+        let p = peer.expect_publish().await;
+        assert_eq!((&*p.topic, p.properties.topic_alias), expected);
+    }
+    assert!(!client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_qos0_publish_written_by_the_closing_write_reports_sent() {
+    let (client, _i, mut peer) = connect_default().await;
+    // Both commands reach the connection together: the PUBLISH goes out in the final write.
+    let h = client.start_publish(publish("last", QoS::AtMostOnce, "x"));
+    client.disconnect_normally().await.unwrap();
+    assert_eq!(h.await.unwrap(), PublishOutcome::Sent);
+    let sent = peer.until_closed().await;
+    assert!(
+        matches!(&sent[0], Packet::Publish(p) if &*p.topic == "last"),
+        "{sent:?}"
+    );
+    assert_eq!(disconnect_reason(&sent), Some(0x00));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_link_is_reported_in_time_even_with_a_write_stuck_on_a_full_socket() {
+    // The peer reads CONNECT, answers, then neither reads nor writes: the pipe (a socket
+    // buffer) fills up while the application keeps publishing, so packets are queued and
+    // never written. Detection must not depend on writes completing, and the close must not
+    // wait on the dead link either.
+    let session = memory_session(0);
+    let (io, mut peer) = pipe_with_capacity(1024);
+    let server = tokio::spawn(async move {
+        peer.accept(ConnAck::default()).await;
+        peer
+    });
+    let opts = options()
+        .keep_alive(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (client, _i) = Client::connect(io, opts, session.clone()).await.unwrap();
+    let start = Instant::now();
+    let _peer = server.await.unwrap();
+    let c = client.clone();
+    let publisher = tokio::spawn(async move {
+        loop {
+            drop(c.start_publish(publish("t", QoS::AtMostOnce, &"x".repeat(600))));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let closed = client.closed().await;
+    assert!(matches!(closed, Err(Error::KeepAliveTimeout)), "{closed:?}");
+    assert!(
+        start.elapsed() <= Duration::from_secs(15),
+        "reported after {:?}",
+        start.elapsed()
+    );
+    // The session is free for a reconnect at once.
+    assert!(!session.in_use());
+    publisher.abort();
 }

@@ -8,7 +8,24 @@ use paho::packets::{
 };
 use paho::session::{MemoryStore, SessionConfig};
 use paho::{Client, ConnectOptions, Incoming, SessionHandle};
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// The virtual-time bound on a paused-clock test's body.
+pub const LIMIT: Duration = Duration::from_secs(600);
+
+/// Runs a test body, failing it if it has not finished after `limit` of *virtual* time. On
+/// tokio's paused clock the runtime jumps to the next timer whenever every task is idle, so a
+/// test stuck waiting for something that never comes (while keepalive timers keep firing)
+/// fails at once with this message instead of hanging CI. No wall-clock time is involved.
+pub async fn within<F: Future>(limit: Duration, body: F) -> F::Output {
+    match tokio::time::timeout(limit, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("the test is stuck: not finished after {limit:?} of virtual time"),
+    }
+}
 
 pub struct Peer {
     io: DuplexStream,
@@ -16,7 +33,13 @@ pub struct Peer {
 }
 
 pub fn pipe() -> (DuplexStream, Peer) {
-    let (a, b) = tokio::io::duplex(1 << 20);
+    pipe_with_capacity(1 << 20)
+}
+
+/// A pipe holding at most `capacity` bytes in each direction: a peer that stops reading makes
+/// the client's writes block, as a full socket buffer does.
+pub fn pipe_with_capacity(capacity: usize) -> (DuplexStream, Peer) {
+    let (a, b) = tokio::io::duplex(capacity);
     (
         a,
         Peer {
