@@ -383,3 +383,47 @@ async fn a_failed_pubrec_ends_the_qos2_delivery() {
     );
     assert_eq!(server.outbound("s"), Some((0, 0)));
 }
+
+#[tokio::test]
+async fn a_resend_larger_than_the_new_connections_maximum_packet_size_is_discarded() {
+    let server = TestServer::start().await.unwrap();
+    let (mut s, _) = persistent(&server, "s", None).await;
+    sub(&mut s, "t", QoS::AtLeastOnce).await;
+    server.publish(publish("t", vec![b'x'; 200], QoS::AtLeastOnce, 0));
+    let first = s.expect_publish().await.unwrap();
+    assert_eq!(first.payload.len(), 200);
+    drop(s); // not acknowledged
+    server.wait_connection_count(0).await;
+    assert_eq!(server.outbound("s"), Some((1, 0)));
+
+    // Back with a Maximum Packet Size the unacknowledged delivery does not fit.
+    let mut s = RawClient::new(server.connect_duplex());
+    let ack = s
+        .connect_with(Connect {
+            clean_start: false,
+            client_id: "s".into(),
+            properties: ConnectProperties {
+                session_expiry_interval: Some(3600),
+                maximum_packet_size: Some(100),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(ack.session_present);
+    server.publish(publish("t", "small", QoS::AtLeastOnce, 0));
+    let next = s.expect_publish().await.unwrap();
+    assert_eq!(
+        &next.payload[..],
+        b"small",
+        "the oversize resend was discarded, not sent"
+    );
+    assert!(!next.dup);
+    assert_eq!(
+        server.outbound("s"),
+        Some((1, 0)),
+        "only the new one in flight"
+    );
+    server.shutdown().await;
+}

@@ -176,6 +176,7 @@ impl Broker {
             self.sessions.remove(client_id);
         }
         let present = self.sessions.contains_key(client_id);
+        let max_packet = link.max_packet;
         let session = self.sessions.entry(client_id.to_owned()).or_default();
         // Generations are unique across sessions, so a timer of a discarded session never
         // matches a new session of the same client id.
@@ -184,6 +185,18 @@ impl Broker {
         session.link = Some(link);
         session.expiry = connect.properties.session_expiry_interval.unwrap_or(0);
         session.will = connect.will.clone();
+        // The new connection may allow smaller packets than the one a delivery was first
+        // sent on. A resend over its Maximum Packet Size is discarded as if it had been
+        // delivered (MQTT-3.1.2-25), like a first send; a PUBREL is always small enough.
+        session.inflight.retain(|i| {
+            if i.awaiting_comp {
+                return true;
+            }
+            let mut p = i.publish.clone();
+            p.dup = true;
+            let size = Packet::Publish(p).encoded_len().unwrap_or(usize::MAX);
+            size as u64 <= u64::from(max_packet)
+        });
         let resend = session
             .inflight
             .iter()
