@@ -596,3 +596,42 @@ async fn any_transport_can_be_served() {
     let opened = server.wait_for(|e| e.conn == conn).await;
     assert_eq!(opened.kind, EventKind::Opened);
 }
+
+#[tokio::test]
+async fn a_new_outbound_alias_never_pushes_a_delivery_over_the_clients_maximum_packet_size() {
+    let server = TestServer::builder()
+        .send_topic_aliases(true)
+        .start()
+        .await
+        .unwrap();
+    // Exactly the size of this delivery without an alias: setting one up adds 3 bytes.
+    let fits = publish("exact", vec![b'x'; 20], QoS::AtMostOnce, 0);
+    let limit = u32::try_from(Packet::Publish(fits.clone()).encoded_len().unwrap()).unwrap();
+    let mut s = RawClient::new(server.connect_duplex());
+    s.set_max_packet_size(limit);
+    s.connect_with(Connect {
+        clean_start: true,
+        client_id: "s".into(),
+        properties: ConnectProperties {
+            topic_alias_maximum: Some(2),
+            maximum_packet_size: Some(limit),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sub(&mut s, "#", QoS::AtMostOnce).await;
+    for _ in 0..2 {
+        server.publish(fits.clone());
+        // Over the limit, recv would fail with PacketTooLarge.
+        let m = s.expect_publish().await.unwrap();
+        assert_eq!(m.topic, "exact");
+        assert_eq!(m.properties.topic_alias, None, "no room for an alias");
+    }
+    // With room to spare, the same topic gets its alias.
+    server.publish(publish("exact", "x", QoS::AtMostOnce, 0));
+    let m = s.expect_publish().await.unwrap();
+    assert_eq!(m.properties.topic_alias, Some(1));
+    server.shutdown().await;
+}

@@ -206,6 +206,7 @@ impl Conn {
         self.client_id = Some(client_id);
         let keep_alive = cfg.server_keep_alive.unwrap_or(c.keep_alive);
         self.keep_alive = (keep_alive > 0).then(|| Duration::from_secs(keep_alive.into()));
+        self.max_packet_out = c.properties.maximum_packet_size.unwrap_or(MAX_PACKET_SIZE);
         self.alias_out_max = if cfg.send_topic_aliases {
             c.properties.topic_alias_maximum.unwrap_or(0)
         } else {

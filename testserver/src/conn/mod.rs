@@ -79,6 +79,8 @@ pub(crate) struct Conn {
     alias_out: HashMap<MqttString, (u16, u64)>,
     alias_out_max: u16,
     alias_clock: u64,
+    /// The client's Maximum Packet Size, which a new alias must not push a delivery over.
+    max_packet_out: u32,
     /// Inbound QoS 1/2 packet ids whose final ack (PUBACK, PUBCOMP) was not written yet:
     /// what the server's Receive Maximum limits.
     inbound_unacked: HashSet<u16>,
@@ -112,6 +114,7 @@ impl Conn {
             alias_out: HashMap::new(),
             alias_out_max: 0,
             alias_clock: 0,
+            max_packet_out: paho_packets::MAX_PACKET_SIZE,
             inbound_unacked: HashSet::new(),
             replies: Vec::new(),
             close: None,
@@ -372,6 +375,17 @@ impl Conn {
             *used = now;
             p.properties.topic_alias = Some(*alias);
             p.topic = MqttString::new();
+            return;
+        }
+        // Setting up an alias sends the topic and the alias property (3 bytes more than the
+        // size checked against the client's Maximum Packet Size when the delivery was
+        // queued): a delivery that fits only without it goes without an alias.
+        let mut with_alias = p.clone();
+        with_alias.properties.topic_alias = Some(1);
+        let size = Packet::Publish(with_alias)
+            .encoded_len()
+            .unwrap_or(usize::MAX);
+        if size as u64 > u64::from(self.max_packet_out) {
             return;
         }
         let alias = if self.alias_out.len() < usize::from(self.alias_out_max) {
