@@ -13,6 +13,10 @@ use crate::Error;
 /// The default of [`Builder::wait_limit`].
 const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(60);
 
+/// The default of [`Builder::event_limit`]: room for the 8 events of each of 10,000 QoS 2
+/// messages through the server, with a margin.
+const DEFAULT_EVENT_LIMIT: usize = 100_000;
+
 /// How the server honours a client's Receive Maximum when it delivers QoS 1/2 messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -53,6 +57,7 @@ pub(crate) struct Config {
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     pub(crate) duplex_buffer: usize,
     pub(crate) wait_limit: Duration,
+    pub(crate) event_limit: usize,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             authenticator: None,
             duplex_buffer: 64 * 1024,
             wait_limit: DEFAULT_WAIT_LIMIT,
+            event_limit: DEFAULT_EVENT_LIMIT,
         }
     }
 }
@@ -104,6 +110,7 @@ impl fmt::Debug for Config {
             .field("enforce_keep_alive", &self.enforce_keep_alive)
             .field("authenticator", &self.authenticator.is_some())
             .field("wait_limit", &self.wait_limit)
+            .field("event_limit", &self.event_limit)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +138,9 @@ impl Config {
             return Err(Error::Config(
                 "the duplex buffer must hold at least one byte",
             ));
+        }
+        if self.event_limit == 0 {
+            return Err(Error::Config("the event limit must be at least 1"));
         }
         if self.wait_limit.is_zero() {
             return Err(Error::Config("the wait limit must be more than zero"));
@@ -281,6 +291,16 @@ impl Builder {
     /// fails instead of hanging CI.
     pub fn wait_limit(&mut self, limit: Duration) -> &mut Self {
         self.config.wait_limit = limit;
+        self
+    }
+
+    /// How many of the latest events the log keeps at least ([`TestServer::events`] and the
+    /// `wait_*` helpers). Once it holds twice as many, the oldest are dropped down to this
+    /// number, so a long test or a demo does not grow memory without bound; a wait that had
+    /// not looked at dropped events yet goes on from the oldest kept. Default: 100,000.
+    /// [`TestServer::clear_events`] empties the log at any time.
+    pub fn event_limit(&mut self, events: usize) -> &mut Self {
+        self.config.event_limit = events;
         self
     }
 

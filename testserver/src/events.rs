@@ -97,23 +97,56 @@ impl Event {
 const GAVE_UP_TAIL: usize = 20;
 
 /// The append-only log and the notification that wakes waiters on every append.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EventLog {
     inner: Mutex<Log>,
     appended: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Log {
     entries: Vec<Event>,
-    /// Counts [`EventLog::clear`]s, so a waiter knows its read position is stale.
+    /// How many events were removed from the front (trimmed or cleared) over the log's life,
+    /// so waiters can keep absolute read positions.
+    removed: u64,
+    /// Counts [`EventLog::clear`]s, so a waiter knows to forget what it counted.
     clears: u64,
+    /// Keep at least this many of the latest events (see [`EventLog::push`]).
+    limit: usize,
 }
 
 impl EventLog {
+    pub(crate) fn new(limit: usize) -> Self {
+        EventLog {
+            inner: Mutex::new(Log {
+                entries: Vec::new(),
+                removed: 0,
+                clears: 0,
+                limit,
+            }),
+            appended: Notify::new(),
+        }
+    }
+
+    pub(crate) fn set_limit(&self, limit: usize) {
+        lock(&self.inner).limit = limit;
+    }
+
+    /// Appends an event. Once the log holds twice its limit, the oldest are dropped down to
+    /// the limit: a long test or a demo left running must not grow memory without bound, and
+    /// trimming in batches keeps a push O(1) amortised.
     pub(crate) fn push(&self, event: Event) {
         tracing::trace!(conn = %event.conn, client = ?event.client_id, kind = ?event.kind, "testserver event");
-        lock(&self.inner).entries.push(event);
+        {
+            let mut log = lock(&self.inner);
+            log.entries.push(event);
+            let limit = log.limit;
+            if log.entries.len() >= limit.saturating_mul(2) {
+                let excess = log.entries.len() - limit;
+                log.entries.drain(..excess);
+                log.removed += excess as u64;
+            }
+        }
         self.appended.notify_waiters();
     }
 
@@ -123,6 +156,7 @@ impl EventLog {
 
     pub(crate) fn clear(&self) {
         let mut log = lock(&self.inner);
+        log.removed += log.entries.len() as u64;
         log.entries.clear();
         log.clears += 1;
     }
@@ -174,7 +208,8 @@ impl EventLog {
         what: &str,
         mut check: impl FnMut(&[Event], bool) -> Option<T>,
     ) -> T {
-        let mut seen = 0;
+        // Absolute position (counting removed events) of the first event not yet checked.
+        let mut seen: u64 = 0;
         let mut clears = None;
         let waiting = async {
             loop {
@@ -186,12 +221,14 @@ impl EventLog {
                 {
                     let log = lock(&self.inner);
                     let restarted = clears.is_some_and(|c| c != log.clears);
-                    if restarted || seen > log.entries.len() {
-                        seen = 0;
-                    }
                     clears = Some(log.clears);
-                    let found = check(&log.entries[seen..], restarted);
-                    seen = log.entries.len();
+                    // Events trimmed before this waiter saw them are gone; it goes on from
+                    // the oldest one kept.
+                    let start = usize::try_from(seen.saturating_sub(log.removed))
+                        .unwrap_or(usize::MAX)
+                        .min(log.entries.len());
+                    let found = check(&log.entries[start..], restarted);
+                    seen = log.removed + log.entries.len() as u64;
                     if let Some(found) = found {
                         return found;
                     }

@@ -178,10 +178,11 @@ impl TestServer {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);
+        let event_limit = config.event_limit;
         let shared = Arc::new(Shared {
             broker: Mutex::new(Broker::new(config)),
             faults: Mutex::new(FaultState::default()),
-            events: EventLog::default(),
+            events: EventLog::new(event_limit),
             tasks: Mutex::new(JoinSet::new()),
             failures: Mutex::new(Vec::new()),
             runtime,
@@ -263,6 +264,7 @@ impl TestServer {
         };
         change(&mut builder);
         builder.config.validate()?;
+        self.shared.events.set_limit(builder.config.event_limit);
         broker.config = builder.config;
         Ok(())
     }
@@ -278,7 +280,10 @@ impl TestServer {
         lock(&self.shared.broker).route(&p, "", Instant::now())
     }
 
-    /// Every event so far, in order.
+    /// Every event so far, in order (since the last [`TestServer::clear_events`], and at
+    /// least the latest [`Builder::event_limit`] of them).
+    ///
+    /// [`Builder::event_limit`]: crate::Builder::event_limit
     pub fn events(&self) -> Vec<Event> {
         self.shared.events.snapshot()
     }

@@ -137,3 +137,52 @@ async fn raw_client_recv_is_bounded() {
     assert_eq!(c.expect().await.unwrap(), paho_packets::Packet::PingResp);
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_event_log_is_bounded_and_waits_go_on_across_a_trim() {
+    let server = TestServer::builder().event_limit(10).start().await.unwrap();
+    let mut c = client(&server, "c").await;
+    for _ in 0..100 {
+        c.send(paho_packets::Packet::PingReq).await.unwrap();
+        assert_eq!(c.expect().await.unwrap(), paho_packets::Packet::PingResp);
+    }
+    // 2 events per ping plus the connect's 3: far more than twice the limit were logged.
+    let events = server.events();
+    assert!(
+        (10..20).contains(&events.len()),
+        "{} events kept",
+        events.len()
+    );
+    assert!(
+        matches!(
+            events.last().unwrap().sent(),
+            Some(paho_packets::Packet::PingResp)
+        ),
+        "the latest are kept"
+    );
+    // A wait for the 30th PINGREQ from now on counts across trims.
+    let waiting = {
+        let server = std::sync::Arc::new(server);
+        let s = server.clone();
+        let h = tokio::spawn(async move {
+            s.wait_for_count(30, |e| {
+                matches!(e.received(), Some(paho_packets::Packet::PingReq))
+            })
+            .await
+            .len()
+        });
+        (server, h)
+    };
+    let (server, h) = waiting;
+    server.clear_events();
+    for _ in 0..30 {
+        c.send(paho_packets::Packet::PingReq).await.unwrap();
+        assert_eq!(c.expect().await.unwrap(), paho_packets::Packet::PingResp);
+        // Let the waiter look at every ping before the next trim.
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.await.unwrap(), 30);
+    assert!(server.events().len() < 20);
+    assert!(TestServer::builder().event_limit(0).start().await.is_err());
+    server.shutdown().await;
+}
