@@ -180,27 +180,24 @@ impl MosquittoBuilder {
                 ));
             }
         }
-        let mut dir = tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix("paho-mosquitto-")
             .tempdir()?;
+        let mut m = Mosquitto {
+            binary: self.binary.clone(),
+            lines: self.lines.clone(),
+            persistence: self.persistence,
+            log_all: self.log_all,
+            port: 0,
+            child: None,
+            dir,
+        };
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
-            let mut m = Mosquitto {
-                binary: self.binary.clone(),
-                lines: self.lines.clone(),
-                persistence: self.persistence,
-                log_all: self.log_all,
-                port,
-                child: None,
-                dir,
-            };
+            m.port = free_port()?;
             match m.spawn().await {
                 Ok(()) => return Ok(m),
-                Err(Spawn::PortTaken(e)) => {
-                    last = Some(e);
-                    dir = m.into_dir();
-                }
+                Err(Spawn::PortTaken(e)) => last = Some(e),
                 Err(Spawn::Failed(e)) => return Err(e),
             }
         }
@@ -221,6 +218,26 @@ pub struct Mosquitto {
     port: u16,
     child: Option<Child>,
     dir: TempDir,
+}
+
+impl Drop for Mosquitto {
+    /// Kills mosquitto and reaps it before the temp dir goes. `kill_on_drop` alone only sends
+    /// SIGKILL: the process would outlive the handle for a moment (still listening, its
+    /// directory deleted under it) and stay a zombie until tokio happens to reap it.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if child.start_kill().is_err() {
+            return; // already reaped
+        }
+        // SIGKILL takes effect within milliseconds. A synchronous drop cannot await, so it
+        // polls, yielding the thread, bounded by real time.
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
 }
 
 enum Spawn {
@@ -247,6 +264,11 @@ impl Mosquitto {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// mosquitto's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// True while mosquitto runs (between start/restart and stop).
@@ -315,12 +337,6 @@ impl Mosquitto {
             reason: "port stayed taken".into(),
             log: self.log(),
         }))
-    }
-
-    fn into_dir(self) -> TempDir {
-        let Mosquitto { dir, child, .. } = self;
-        drop(child);
-        dir
     }
 
     fn log_path(&self) -> PathBuf {

@@ -140,3 +140,26 @@ async fn stop_under_a_paused_clock_lets_mosquitto_save_its_state() {
     assert_eq!(broker.port(), port);
     broker.stop().await.unwrap();
 }
+
+/// The state letter of a process (`Z` for a zombie), or `None` once it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the state follows the command name's closing parenthesis.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[tokio::test]
+async fn drop_kills_and_reaps_mosquitto_and_removes_its_directory() {
+    let Some(builder) = mosquitto::require() else {
+        return;
+    };
+    let broker = builder.persistence(true).start().await.unwrap();
+    let pid = broker.pid().unwrap();
+    let dir = broker.dir().to_owned();
+    let addr = broker.addr();
+    drop(broker);
+    // Gone at once: not running, not a zombie waiting to be reaped.
+    assert_eq!(process_state(pid), None, "mosquitto {pid} was left behind");
+    assert!(!dir.exists(), "the temp dir is removed");
+    assert!(TcpStream::connect(addr).await.is_err());
+}
