@@ -113,14 +113,16 @@ pub struct MosquittoBuilder {
 }
 
 /// Config options a test may not set: where mosquitto listens is the harness's business, so
-/// that nothing ever listens beyond `127.0.0.1`.
-const RESERVED: [&str; 6] = [
+/// that nothing ever listens beyond `127.0.0.1` (`include_dir` could pull in config files
+/// with listeners of their own, e.g. Debian's `/etc/mosquitto/conf.d`).
+const RESERVED: [&str; 7] = [
     "listener",
     "port",
     "bind_address",
     "bind_interface",
     "socket_domain",
     "user",
+    "include_dir",
 ];
 
 impl MosquittoBuilder {
@@ -176,7 +178,7 @@ impl MosquittoBuilder {
             let option = line.split_whitespace().next().unwrap_or("");
             if RESERVED.contains(&option) {
                 return Err(Error::Config(
-                    "the harness sets listener, port, bind options and user itself",
+                    "the harness sets listener, port, bind options, user and includes itself",
                 ));
             }
         }

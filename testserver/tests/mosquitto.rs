@@ -90,6 +90,7 @@ async fn config_lines_cannot_move_the_listener() {
         "port 1883",
         "bind_address 0.0.0.0",
         "x 1\nlistener 1",
+        "include_dir /etc/mosquitto/conf.d",
     ] {
         let b = mosquitto::MosquittoBuilder::with_binary("/nonexistent/mosquitto").config(line);
         assert!(
