@@ -47,6 +47,14 @@ impl Shared {
         tasks.spawn_on(task, &self.runtime);
     }
 
+    /// Joins the tasks that have ended, remembering panics.
+    fn reap(&self) {
+        let mut tasks = lock(&self.tasks);
+        while let Some(r) = tasks.try_join_next() {
+            self.record(r);
+        }
+    }
+
     /// Remembers a task that panicked (aborted tasks are not failures).
     fn record(&self, result: Result<(), tokio::task::JoinError>) {
         let Err(e) = result else { return };
@@ -484,9 +492,12 @@ impl TestServer {
         }
     }
 
-    /// Panic messages of server tasks so far. Always empty unless this crate has a bug; see
-    /// [`TestServer::shutdown`].
+    /// Panic messages of server tasks so far. Always empty unless this crate has a bug (or a
+    /// transport given to [`TestServer::serve`] panicked); see [`TestServer::shutdown`].
     pub fn task_failures(&self) -> Vec<String> {
+        // Collect tasks that ended since the last look: a panic is only known once its task
+        // is joined.
+        self.shared.reap();
         lock(&self.shared.failures).clone()
     }
 
@@ -497,9 +508,16 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Aborts every task. A server task that had panicked fails the test here too (unless it
+    /// is already failing), so a test that drops the server without
+    /// [`TestServer::shutdown`] cannot pass over a bug either.
     fn drop(&mut self) {
         self.shared.shutdown.send_replace(true);
         // The tasks hold the shared state, so they would keep each other alive: abort them.
         lock(&self.shared.tasks).abort_all();
+        let failures = self.task_failures();
+        if !failures.is_empty() && !std::thread::panicking() {
+            panic!("a testserver task panicked (a bug in paho-testserver): {failures:?}");
+        }
     }
 }
