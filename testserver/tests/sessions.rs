@@ -427,3 +427,50 @@ async fn a_resend_larger_than_the_new_connections_maximum_packet_size_is_discard
     );
     server.shutdown().await;
 }
+
+/// A delayed will waits for its delay or the end of its session, whichever comes first; a
+/// new connection with Clean Start ends the session, so the will goes out then (a reconnect
+/// that keeps the session cancels it instead: see above).
+#[tokio::test(start_paused = true)]
+async fn clean_start_on_the_same_client_id_sends_a_delayed_will_at_once() {
+    let server = TestServer::start().await.unwrap();
+    let mut watcher = client(&server, "w").await;
+    sub(&mut watcher, "wills/#", QoS::AtMostOnce).await;
+
+    // Taken over while connected.
+    let mut old = RawClient::new(server.connect_duplex());
+    old.connect_with(will_connect("t", Some(30), 100))
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut new = client(&server, "t").await;
+    match old.expect().await.unwrap() {
+        Packet::Disconnect(d) => assert_eq!(d.reason_code, DisconnectReasonCode::SessionTakenOver),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        &watcher.expect_publish().await.unwrap().payload[..],
+        b"gone"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "not after the delay");
+    new.send(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+        .await
+        .unwrap();
+
+    // Gone, with its will waiting for the delay, when the clean start comes.
+    let mut gone = RawClient::new(server.connect_duplex());
+    gone.connect_with(will_connect("g", Some(30), 100))
+        .await
+        .unwrap();
+    drop(gone);
+    server.wait_connection_count(1).await; // the watcher only
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start = tokio::time::Instant::now();
+    let _back = client(&server, "g").await;
+    assert_eq!(
+        &watcher.expect_publish().await.unwrap().payload[..],
+        b"gone"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "not after the delay");
+    server.shutdown().await;
+}

@@ -163,14 +163,22 @@ impl Broker {
             if let Some(old) = s.link.take() {
                 let _ = old.tx.send(ConnCmd::TakenOver);
                 // The old connection closes now; with no delay its will is due now. A
-                // delayed will is cancelled by the new connection (MQTT 3.1.2.5).
+                // delayed will is cancelled by a new connection to the same session
+                // (MQTT 3.1.3.2.2), but Clean Start ends that session, and a will waits
+                // for its delay or the end of the session, whichever comes first: then it
+                // is due now too (mosquitto sends it as well).
                 if let Some(w) = s.will.take() {
-                    if w.properties.will_delay_interval.unwrap_or(0) == 0 {
+                    if w.properties.will_delay_interval.unwrap_or(0) == 0 || connect.clean_start {
                         old_will = Some(w);
                     }
                 }
             }
-            s.pending_will = None;
+            // The same for a will already waiting for its delay after an earlier close.
+            if let Some(w) = s.pending_will.take() {
+                if connect.clean_start {
+                    old_will = old_will.or(Some(w));
+                }
+            }
         }
         if connect.clean_start {
             self.sessions.remove(client_id);
