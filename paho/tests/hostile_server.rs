@@ -48,7 +48,7 @@ proptest! {
             .start_paused(true)
             .build()
             .unwrap();
-        rt.block_on(async move {
+        rt.block_on(within(LIMIT, async move {
             let (client, _incoming, mut peer) = connect_default().await;
             peer.send_raw(&bytes).await;
             match tokio::time::timeout(Duration::from_secs(1), client.closed()).await {
@@ -66,6 +66,6 @@ proptest! {
                 },
             }
             drop(peer);
-        });
+        }));
     }
 }

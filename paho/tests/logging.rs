@@ -62,57 +62,60 @@ impl Authenticator for Secretive {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn logs_cover_the_connection_but_never_hold_secrets() {
-    let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(capture.clone());
-    let opts = options()
-        .username("alice")
-        .password(Bytes::from_static(b"hunter2-password"))
-        .authenticator(Secretive)
-        .build()
-        .unwrap();
-    // The options' Debug redacts too.
-    assert!(!format!("{opts:?}").contains("hunter2"));
-    let (io, mut peer) = pipe();
-    let server = tokio::spawn(async move {
+    within(LIMIT, async {
+        let capture = Capture::default();
+        let _guard = tracing::subscriber::set_default(capture.clone());
+        let opts = options()
+            .username("alice")
+            .password(Bytes::from_static(b"hunter2-password"))
+            .authenticator(Secretive)
+            .build()
+            .unwrap();
+        // The options' Debug redacts too.
+        assert!(!format!("{opts:?}").contains("hunter2"));
+        let (io, mut peer) = pipe();
+        let server = tokio::spawn(async move {
+            peer.expect().await;
+            peer.send(Auth {
+                reason_code: AuthReasonCode::ContinueAuthentication,
+                properties: AuthProperties {
+                    authentication_method: Some("SECRET-METHOD".into()),
+                    authentication_data: Some(Bytes::from_static(b"challenge-auth-secret")),
+                    ..Default::default()
+                },
+            })
+            .await;
+            peer.expect().await;
+            peer.send(Packet::from(ConnAck::default())).await;
+            peer
+        });
+        let (client, mut incoming) = Client::connect(io, opts, memory_session(0)).await.unwrap();
+        let mut peer = server.await.unwrap();
+        let h = client.start_publish(publish("t", QoS::AtLeastOnce, "x"));
+        let id = peer.expect_publish().await.packet_id.unwrap();
+        peer.puback(id).await;
+        h.await.unwrap();
+        peer.send(server_publish("in", QoS::AtLeastOnce, 1, "y"))
+            .await;
+        incoming.recv().await.unwrap();
         peer.expect().await;
-        peer.send(Auth {
-            reason_code: AuthReasonCode::ContinueAuthentication,
-            properties: AuthProperties {
-                authentication_method: Some("SECRET-METHOD".into()),
-                authentication_data: Some(Bytes::from_static(b"challenge-auth-secret")),
-                ..Default::default()
-            },
-        })
-        .await;
-        peer.expect().await;
-        peer.send(Packet::from(ConnAck::default())).await;
-        peer
-    });
-    let (client, mut incoming) = Client::connect(io, opts, memory_session(0)).await.unwrap();
-    let mut peer = server.await.unwrap();
-    let h = client.start_publish(publish("t", QoS::AtLeastOnce, "x"));
-    let id = peer.expect_publish().await.packet_id.unwrap();
-    peer.puback(id).await;
-    h.await.unwrap();
-    peer.send(server_publish("in", QoS::AtLeastOnce, 1, "y"))
-        .await;
-    incoming.recv().await.unwrap();
-    peer.expect().await;
-    client.disconnect_normally().await.unwrap();
+        client.disconnect_normally().await.unwrap();
 
-    let log = capture.0.lock().unwrap().clone();
-    for needle in [
-        "connected",
-        "sending CONNECT",
-        "PUBLISH out",
-        "PUBLISH in",
-        "disconnected",
-    ] {
-        assert!(log.contains(needle), "{needle} missing from:\n{log}");
-    }
-    for secret in ["hunter2", "auth-secret", "auth_secret"] {
-        assert!(!log.contains(secret), "{secret} logged:\n{log}");
-    }
+        let log = capture.0.lock().unwrap().clone();
+        for needle in [
+            "connected",
+            "sending CONNECT",
+            "PUBLISH out",
+            "PUBLISH in",
+            "disconnected",
+        ] {
+            assert!(log.contains(needle), "{needle} missing from:\n{log}");
+        }
+        for secret in ["hunter2", "auth-secret", "auth_secret"] {
+            assert!(!log.contains(secret), "{secret} logged:\n{log}");
+        }
+    })
+    .await
 }

@@ -105,60 +105,68 @@ async fn nothing_within(peer: &mut Peer, d: Duration) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_publish_is_on_the_wire_only_after_it_was_stored() {
-    let (open_tx, open) = watch::channel(false);
-    let store = Gated {
-        inner: MemoryStore::new(),
-        open,
-        fail: Arc::new(AtomicBool::new(false)),
-    };
-    let (client, _incoming, mut peer, _session) = connect_gated(store.clone()).await;
-    let h = client.start_publish(publish("a", QoS::ExactlyOnce, "1"));
-    // The store has not confirmed the PUBLISH: nothing is sent.
-    assert!(nothing_within(&mut peer, Duration::from_secs(10)).await);
-    assert_eq!(
-        store.inner.list().await.unwrap().len(),
-        1,
-        "put was issued at once"
-    );
-    open_tx.send_replace(true);
-    let p = peer.expect_publish().await;
-    assert_eq!(store.inner.list().await.unwrap().len(), 1);
-    // The PUBREL likewise waits for the PUBLISH to be replaced by it in the store.
-    open_tx.send_replace(false);
-    let id = p.packet_id.unwrap();
-    peer.send(PubRec::new(id)).await;
-    assert!(nothing_within(&mut peer, Duration::from_secs(10)).await);
-    open_tx.send_replace(true);
-    assert_eq!(peer.expect().await, Packet::PubRel(PubRel::new(id)));
-    peer.send(paho::packets::PubComp::new(id)).await;
-    assert!(h.await.unwrap().is_success());
+    within(LIMIT, async {
+        let (open_tx, open) = watch::channel(false);
+        let store = Gated {
+            inner: MemoryStore::new(),
+            open,
+            fail: Arc::new(AtomicBool::new(false)),
+        };
+        let (client, _incoming, mut peer, _session) = connect_gated(store.clone()).await;
+        let h = client.start_publish(publish("a", QoS::ExactlyOnce, "1"));
+        // The store has not confirmed the PUBLISH: nothing is sent.
+        assert!(nothing_within(&mut peer, Duration::from_secs(10)).await);
+        assert_eq!(
+            store.inner.list().await.unwrap().len(),
+            1,
+            "put was issued at once"
+        );
+        open_tx.send_replace(true);
+        let p = peer.expect_publish().await;
+        assert_eq!(store.inner.list().await.unwrap().len(), 1);
+        // The PUBREL likewise waits for the PUBLISH to be replaced by it in the store.
+        open_tx.send_replace(false);
+        let id = p.packet_id.unwrap();
+        peer.send(PubRec::new(id)).await;
+        assert!(nothing_within(&mut peer, Duration::from_secs(10)).await);
+        open_tx.send_replace(true);
+        assert_eq!(peer.expect().await, Packet::PubRel(PubRel::new(id)));
+        peer.send(paho::packets::PubComp::new(id)).await;
+        assert!(h.await.unwrap().is_success());
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_closes_the_connection_and_fails_the_waiters() {
-    let (_open_tx, open) = watch::channel(true);
-    let fail = Arc::new(AtomicBool::new(false));
-    let store = Gated {
-        inner: MemoryStore::new(),
-        open,
-        fail: Arc::clone(&fail),
-    };
-    let (client, _incoming, mut peer, _session) = connect_gated(store).await;
-    fail.store(true, Ordering::SeqCst);
-    let h = client.start_publish(publish("a", QoS::AtLeastOnce, "never sent"));
-    let sent = peer.until_closed().await;
-    // The PUBLISH that could not be stored never reached the wire; the server hears why.
-    assert!(
-        !sent.iter().any(|p| matches!(p, Packet::Publish(_))),
-        "{sent:?}"
-    );
-    assert!(matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code.as_u8() == 0x80));
-    assert!(matches!(
-        h.await,
-        Err(Error::Session(SessionError::StoreFailed))
-    ));
-    assert!(matches!(
-        client.closed().await,
-        Err(Error::Session(SessionError::StoreFailed))
-    ));
+    within(LIMIT, async {
+        let (_open_tx, open) = watch::channel(true);
+        let fail = Arc::new(AtomicBool::new(false));
+        let store = Gated {
+            inner: MemoryStore::new(),
+            open,
+            fail: Arc::clone(&fail),
+        };
+        let (client, _incoming, mut peer, _session) = connect_gated(store).await;
+        fail.store(true, Ordering::SeqCst);
+        let h = client.start_publish(publish("a", QoS::AtLeastOnce, "never sent"));
+        let sent = peer.until_closed().await;
+        // The PUBLISH that could not be stored never reached the wire; the server hears why.
+        assert!(
+            !sent.iter().any(|p| matches!(p, Packet::Publish(_))),
+            "{sent:?}"
+        );
+        assert!(
+            matches!(sent.last(), Some(Packet::Disconnect(d)) if d.reason_code.as_u8() == 0x80)
+        );
+        assert!(matches!(
+            h.await,
+            Err(Error::Session(SessionError::StoreFailed))
+        ));
+        assert!(matches!(
+            client.closed().await,
+            Err(Error::Session(SessionError::StoreFailed))
+        ));
+    })
+    .await
 }
