@@ -429,8 +429,9 @@ async fn a_resend_larger_than_the_new_connections_maximum_packet_size_is_discard
 }
 
 /// A delayed will waits for its delay or the end of its session, whichever comes first; a
-/// new connection with Clean Start ends the session, so the will goes out then (a reconnect
-/// that keeps the session cancels it instead: see above).
+/// new connection with Clean Start ends the session, so the will goes out then, as it does when
+/// the old session had Session Expiry 0 (a reconnect that keeps a lasting session cancels it
+/// instead: see above).
 #[tokio::test(start_paused = true)]
 async fn clean_start_on_the_same_client_id_sends_a_delayed_will_at_once() {
     let server = TestServer::start().await.unwrap();
@@ -467,6 +468,24 @@ async fn clean_start_on_the_same_client_id_sends_a_delayed_will_at_once() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start = tokio::time::Instant::now();
     let _back = client(&server, "g").await;
+    assert_eq!(
+        &watcher.expect_publish().await.unwrap().payload[..],
+        b"gone"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO, "not after the delay");
+
+    // Taken over without Clean Start, but the old session was to end with its connection
+    // (Session Expiry 0).
+    let mut old = RawClient::new(server.connect_duplex());
+    old.connect_with(will_connect("z", Some(30), 0))
+        .await
+        .unwrap();
+    let mut again = will_connect("z", None, 0);
+    again.clean_start = false;
+    again.will = None;
+    let mut new = RawClient::new(server.connect_duplex());
+    new.connect_with(again).await.unwrap();
+    assert!(matches!(old.expect().await.unwrap(), Packet::Disconnect(_)));
     assert_eq!(
         &watcher.expect_publish().await.unwrap().payload[..],
         b"gone"

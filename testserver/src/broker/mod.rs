@@ -164,11 +164,13 @@ impl Broker {
                 let _ = old.tx.send(ConnCmd::TakenOver);
                 // The old connection closes now; with no delay its will is due now. A
                 // delayed will is cancelled by a new connection to the same session
-                // (MQTT 3.1.3.2.2), but Clean Start ends that session, and a will waits
-                // for its delay or the end of the session, whichever comes first: then it
-                // is due now too (mosquitto sends it as well).
+                // (MQTT 3.1.3.2.2), but Clean Start ends that session, as does the old
+                // connection closing when its Session Expiry was 0, and a will waits for its
+                // delay or the end of the session, whichever comes first: then it is due now
+                // too (mosquitto 2.0 `connect__on_authorised` sends it in both cases).
+                let session_ends = connect.clean_start || s.expiry == 0;
                 if let Some(w) = s.will.take() {
-                    if w.properties.will_delay_interval.unwrap_or(0) == 0 || connect.clean_start {
+                    if w.properties.will_delay_interval.unwrap_or(0) == 0 || session_ends {
                         old_will = Some(w);
                     }
                 }
