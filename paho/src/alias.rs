@@ -65,7 +65,10 @@ pub(crate) struct Outbound {
     by_topic: HashMap<MqttString, (NonZeroU16, u64)>,
     lru: BTreeMap<u64, MqttString>,
     tick: u64,
-    next: u16,
+    /// The next alias never used; `u32` so that it can pass `max` even when `max` is 65,535
+    /// (a `u16` saturating there would hand alias 65,535 to a second topic while the first
+    /// still used it, and the server would deliver the first topic's messages under the second).
+    next: u32,
 }
 
 impl Outbound {
@@ -102,9 +105,9 @@ impl Outbound {
             p.topic = MqttString::new();
             return;
         }
-        let alias = if self.next <= self.max {
-            let a = NonZeroU16::new(self.next);
-            self.next = self.next.saturating_add(1);
+        let alias = if self.next <= u32::from(self.max) {
+            let a = u16::try_from(self.next).ok().and_then(NonZeroU16::new);
+            self.next += 1;
             a
         } else {
             self.lru
@@ -150,6 +153,29 @@ mod tests {
         let mut b2 = publish("b");
         o.apply(&mut b2);
         assert_eq!((&*b2.topic, b2.properties.topic_alias), ("b", Some(1)));
+    }
+
+    #[test]
+    fn outbound_with_the_largest_maximum_never_gives_one_alias_to_two_topics() {
+        let mut o = Outbound::new(u16::MAX);
+        for i in 0..u32::from(u16::MAX) {
+            let mut p = publish(&i.to_string());
+            o.apply(&mut p);
+        }
+        // Every alias is taken: topic "0" (alias 1) is the least recently used and goes; the
+        // last topic that got 65,535 keeps it.
+        let mut last = publish(&u16::MAX.to_string());
+        o.apply(&mut last);
+        assert_eq!(
+            (&*last.topic, last.properties.topic_alias),
+            ("65535", Some(1))
+        );
+        let mut holder = publish("65534");
+        o.apply(&mut holder);
+        assert_eq!(
+            (&*holder.topic, holder.properties.topic_alias),
+            ("", Some(65535))
+        );
     }
 
     #[test]

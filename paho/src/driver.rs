@@ -710,13 +710,17 @@ where
                 .unwrap_or(DisconnectReasonCode::UnspecifiedError);
             let _ = self.put(&Packet::Disconnect(Disconnect::new(code)));
         }
-        // A keepalive timeout means the link is presumed dead (half-open): writing the backlog
-        // to it could only stall for the close timeout, while the application waits to hear of
-        // the close and the session stays locked against a reconnect. (0x8D is a reason code
-        // only a server may send, so there is no DISCONNECT to give either.)
+        // A keepalive timeout means the link is presumed dead (half-open), and a server that
+        // sent DISCONNECT closes it: writing the backlog there could only stall for the close
+        // timeout, while the application waits to hear of the close and the session stays
+        // locked against a reconnect. (0x8D is a reason code only a server may send, so there
+        // is no DISCONNECT to give on a keepalive timeout either.)
         let transport_ok = !matches!(
             &result,
-            Err(Error::Io(_)) | Err(Error::ConnectionClosed) | Err(Error::KeepAliveTimeout)
+            Err(Error::Io(_))
+                | Err(Error::ConnectionClosed)
+                | Err(Error::KeepAliveTimeout)
+                | Err(Error::ServerDisconnected { .. })
         );
         if transport_ok {
             let (wr, wbuf) = (&mut self.wr, &self.wbuf);

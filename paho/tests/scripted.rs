@@ -1503,3 +1503,24 @@ async fn a_half_open_link_is_reported_in_time_even_with_a_write_stuck_on_a_full_
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn nothing_more_is_written_after_the_server_disconnects() {
+    within(LIMIT, async {
+        let (client, _incoming, mut peer) = connect_default().await;
+        // A PUBREL (answered at once with PUBCOMP) and the server's DISCONNECT arrive
+        // together: the PUBCOMP must not be written to a link the server is closing.
+        let mut both = bytes::BytesMut::new();
+        Packet::PubRel(PubRel::new(pid(9)))
+            .encode(&mut both)
+            .unwrap();
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::ServerShuttingDown))
+            .encode(&mut both)
+            .unwrap();
+        peer.send_raw(&both).await;
+        let closed = client.closed().await;
+        assert_eq!(closed.unwrap_err().reason_code(), Some(0x8B));
+        assert_eq!(peer.until_closed().await, []);
+    })
+    .await
+}
