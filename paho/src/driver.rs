@@ -327,7 +327,19 @@ where
                     self.state.session.set_session_expiry_interval(secs);
                 }
                 tracing::debug!(reason = disconnect.reason_code.as_u8(), "disconnecting");
-                self.put(&Packet::Disconnect(disconnect))?;
+                let mut packet = Packet::Disconnect(disconnect);
+                let fits = packet
+                    .encoded_len()
+                    .is_ok_and(|n| n as u64 <= u64::from(self.max_out));
+                if let (false, Packet::Disconnect(d)) = (fits, &mut packet) {
+                    // MQTT-3.14.2-3/-4: a Reason String or User Properties that would make the
+                    // DISCONNECT larger than the server's maximum are left out. Failing to
+                    // encode it instead would close the link without a DISCONNECT, and the
+                    // server would publish the will of a client that asked for a normal close.
+                    d.properties.reason_string = None;
+                    d.properties.user_properties.clear();
+                }
+                self.put(&packet)?;
                 self.disconnect_replies.push(reply);
                 return Ok(Flow::Stop);
             }
@@ -368,6 +380,20 @@ where
             },
         });
         tracing::debug!("re-authenticating");
+        // An AUTH the server cannot take fails this call only, before anything is written,
+        // and the connection carries on (closing it over the caller's data would not help).
+        let refused = match packet.encoded_len() {
+            Ok(n) if n as u64 <= u64::from(self.max_out) => None,
+            Ok(n) => Some(Error::PacketTooLarge {
+                size: n,
+                max: self.max_out,
+            }),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(e) = refused {
+            let _ = reply.send(Err(e));
+            return Ok(());
+        }
         self.reauth = Some(reply);
         self.put(&packet)
     }

@@ -1524,3 +1524,73 @@ async fn nothing_more_is_written_after_the_server_disconnects() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_disconnect_over_the_servers_maximum_leaves_out_its_reason_string() {
+    within(LIMIT, async {
+        let connack = ConnAck {
+            properties: ConnAckProperties {
+                maximum_packet_size: Some(128),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (client, _i, mut peer, _) =
+            connect_with(options().build().unwrap(), memory_session(0), connack).await;
+        let mut d = Disconnect::new(DisconnectReasonCode::NormalDisconnection);
+        d.properties.reason_string = Some("r".repeat(300).into());
+        d.properties.user_properties = vec![("k".into(), "v".into())];
+        client.disconnect(d).await.unwrap();
+        // Still a normal close (the server discards the will), just without the extras.
+        assert_eq!(
+            peer.until_closed().await,
+            [Packet::Disconnect(Disconnect::new(
+                DisconnectReasonCode::NormalDisconnection
+            ))]
+        );
+        assert!(client.closed().await.is_ok());
+    })
+    .await
+}
+
+struct BigReauth;
+
+impl Authenticator for BigReauth {
+    fn method(&self) -> &str {
+        "BIG"
+    }
+    fn initial_data(&mut self, reauth: bool) -> Result<Option<Bytes>, Error> {
+        let n = if reauth { 500 } else { 1 };
+        Ok(Some(Bytes::from(vec![b'x'; n])))
+    }
+    fn challenge(&mut self, _: Option<&Bytes>) -> Result<Option<Bytes>, Error> {
+        Ok(None)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reauthentication_over_the_servers_maximum_fails_the_call_not_the_connection() {
+    within(LIMIT, async {
+        let connack = ConnAck {
+            properties: ConnAckProperties {
+                maximum_packet_size: Some(200),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let opts = options().authenticator(BigReauth).build().unwrap();
+        let (client, _i, mut peer, _) = connect_with(opts, memory_session(0), connack).await;
+        assert!(matches!(
+            client.reauthenticate().await,
+            Err(Error::PacketTooLarge { max: 200, .. })
+        ));
+        // The connection is still up and usable.
+        client
+            .publish(publish("after", QoS::AtMostOnce, ""))
+            .await
+            .unwrap();
+        assert_eq!(&*peer.expect_publish().await.topic, "after");
+        assert!(!client.is_closed());
+    })
+    .await
+}
