@@ -1594,3 +1594,31 @@ async fn a_reauthentication_over_the_servers_maximum_fails_the_call_not_the_conn
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn inbound_topic_aliases_do_not_carry_over_to_the_next_connection() {
+    within(LIMIT, async {
+        let session = memory_session(3600);
+        let opts = options().clean_start(false).build().unwrap();
+        let (c1, mut i1, mut p1, _) =
+            connect_with(opts.clone(), session.clone(), ConnAck::default()).await;
+        let mut set = server_publish("a/topic", QoS::AtMostOnce, 0, "1");
+        set.properties.topic_alias = Some(2);
+        p1.send(set).await;
+        assert_eq!(i1.recv().await.unwrap().topic(), "a/topic");
+        drop(p1);
+        let _ = c1.closed().await;
+        // The server uses the alias alone on the new connection: unknown there (0x82).
+        let present = ConnAck {
+            session_present: true,
+            ..Default::default()
+        };
+        let (c2, _i2, mut p2, _) = connect_with(opts, session, present).await;
+        let mut stale = server_publish("", QoS::AtMostOnce, 0, "2");
+        stale.properties.topic_alias = Some(2);
+        p2.send(stale).await;
+        assert_eq!(disconnect_reason(&p2.until_closed().await), Some(0x82));
+        assert_eq!(c2.closed().await.unwrap_err().reason_code(), Some(0x82));
+    })
+    .await
+}

@@ -37,6 +37,11 @@ use crate::{Client, Error, Handler, Message};
 type Pending = Arc<Mutex<HashMap<Bytes, oneshot::Sender<Publish>>>>;
 
 /// Sends requests and matches their responses by Correlation Data. Cheap to clone.
+///
+/// A requester holds a [`Client`] handle. One placed in the handler chain of its own
+/// connection therefore keeps that connection open after the application dropped its other
+/// handles (the chain lives as long as the connection): close it with
+/// [`Client::disconnect`] rather than by dropping the handles.
 #[derive(Clone)]
 pub struct Requester {
     client: Client,
