@@ -299,63 +299,65 @@ async fn malformed_and_oversize_bytes_from_the_server_close_the_link_with_the_ri
 #[tokio::test(start_paused = true)]
 async fn inbound_topic_aliases_from_the_broker_are_resolved() {
     within(LIMIT, async {
-    let server = TestServer::builder()
-        .send_topic_aliases(true)
-        .start()
-        .await
-        .unwrap();
-    let (sub, mut inc) = join(
-        &server,
-        opts("aliased").topic_alias_maximum(4),
-        SessionHandle::in_memory(SessionConfig::new()),
-    )
-    .await;
-    sub.subscribe_to("al/#", QoS::AtLeastOnce).await.unwrap();
-    for i in 0..3 {
-        server.publish(msg("al/long/topic", QoS::AtLeastOnce, format!("{i}")));
-    }
-    for _ in 0..3 {
-        assert_eq!(inc.recv().await.unwrap().topic(), "al/long/topic");
-    }
-    let aliased = server
-        .sent()
-        .into_iter()
-        .filter(|p| matches!(p, Packet::Publish(p) if p.topic.is_empty() && p.properties.topic_alias.is_some()))
-        .count();
-    assert_eq!(aliased, 2, "the broker did not use its alias");
-    server.shutdown().await;
-}).await
+        let server = TestServer::builder()
+            .send_topic_aliases(true)
+            .start()
+            .await
+            .unwrap();
+        let (sub, mut inc) = join(
+            &server,
+            opts("aliased").topic_alias_maximum(4),
+            SessionHandle::in_memory(SessionConfig::new()),
+        )
+        .await;
+        sub.subscribe_to("al/#", QoS::AtLeastOnce).await.unwrap();
+        for i in 0..3 {
+            server.publish(msg("al/long/topic", QoS::AtLeastOnce, format!("{i}")));
+        }
+        for _ in 0..3 {
+            assert_eq!(inc.recv().await.unwrap().topic(), "al/long/topic");
+        }
+        let aliased = server
+            .sent()
+            .into_iter()
+            .filter(|p| matches!(p, Packet::Publish(p) if p.topic.is_empty() && p.properties.topic_alias.is_some()))
+            .count();
+        assert_eq!(aliased, 2, "the broker did not use its alias");
+        server.shutdown().await;
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
 async fn outbound_topic_aliases_reach_the_broker_and_subscribers_see_topics() {
     within(LIMIT, async {
-    let server = TestServer::start().await.unwrap();
-    let (sub, mut inc) = simple(&server, "plain").await;
-    sub.subscribe_to("oa/#", QoS::AtLeastOnce).await.unwrap();
-    let (publisher, _) = join(
-        &server,
-        opts("aliasing").outbound_topic_aliases(8),
-        SessionHandle::in_memory(SessionConfig::new()),
-    )
-    .await;
-    for i in 0..3 {
-        publisher
-            .publish(msg("oa/topic", QoS::AtLeastOnce, format!("{i}")))
-            .await
-            .unwrap();
-    }
-    for _ in 0..3 {
-        assert_eq!(inc.recv().await.unwrap().topic(), "oa/topic");
-    }
-    let with_alias_only = server
-        .received()
-        .into_iter()
-        .filter(|p| matches!(p, Packet::Publish(p) if p.topic.is_empty() && p.properties.topic_alias == Some(1)))
-        .count();
-    assert_eq!(with_alias_only, 2);
-    server.shutdown().await;
-}).await
+        let server = TestServer::start().await.unwrap();
+        let (sub, mut inc) = simple(&server, "plain").await;
+        sub.subscribe_to("oa/#", QoS::AtLeastOnce).await.unwrap();
+        let (publisher, _) = join(
+            &server,
+            opts("aliasing").outbound_topic_aliases(8),
+            SessionHandle::in_memory(SessionConfig::new()),
+        )
+        .await;
+        for i in 0..3 {
+            publisher
+                .publish(msg("oa/topic", QoS::AtLeastOnce, format!("{i}")))
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            assert_eq!(inc.recv().await.unwrap().topic(), "oa/topic");
+        }
+        let with_alias_only = server
+            .received()
+            .into_iter()
+            .filter(|p| matches!(p, Packet::Publish(p) if p.topic.is_empty() && p.properties.topic_alias == Some(1)))
+            .count();
+        assert_eq!(with_alias_only, 2);
+        server.shutdown().await;
+    })
+    .await
 }
 
 #[tokio::test(start_paused = true)]
