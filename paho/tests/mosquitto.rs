@@ -2,7 +2,8 @@
 //! port. Skips with a notice when mosquitto is absent, unless `PAHO_REQUIRE_MOSQUITTO=1`.
 //!
 //! Not covered here: topic aliases *from* the broker (mosquitto never sends them; the inbound
-//! alias path is tested against the scripted peer and `paho-testserver`).
+//! alias path is tested against the scripted peer and `paho-testserver`). Our outbound aliases
+//! are tested against mosquitto. Every test body is bounded ([`bounded`]) so a hang fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -431,6 +432,70 @@ async fn strict_receive_maximum_catches_mosquittos_qos2_overshoot() {
         for h in handles {
             h.await.unwrap();
         }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn outbound_topic_aliases_are_accepted_by_mosquitto() {
+    bounded(async {
+        let Some(m) = broker(&["max_packet_size 1000"]).await else {
+            return;
+        };
+        let (sub, mut inc) = client(m.addr(), "ta-sub").await;
+        sub.subscribe_to("ta/#", QoS::AtLeastOnce).await.unwrap();
+        let (publisher, _) = connect_to(
+            m.addr(),
+            opts("ta-pub").outbound_topic_aliases(10),
+            SessionHandle::in_memory(SessionConfig::new()),
+        )
+        .await;
+        assert_eq!(publisher.server().topic_alias_maximum(), 10);
+        // A QoS 1 message exactly at the broker's maximum without an alias, on a topic with no
+        // alias yet: setting one would make it too large, so it must go with its topic alone
+        // (not close the connection).
+        let at_max = (800..1000)
+            .map(|n| {
+                let mut p = msg("ta/big", QoS::AtLeastOnce, vec![b'm'; n]);
+                p.packet_id = paho::packets::PacketId::new(1);
+                p
+            })
+            .find(|p| {
+                paho::packets::Packet::Publish(p.clone())
+                    .encoded_len()
+                    .unwrap()
+                    == 1000
+            })
+            .map(|mut p| {
+                p.packet_id = None;
+                p
+            })
+            .unwrap();
+        let mut expected = Vec::new();
+        for (i, topic) in ["ta/x", "ta/y", "ta/x", "ta/x", "ta/y"].iter().enumerate() {
+            if i == 2 {
+                publisher.publish(at_max.clone()).await.unwrap();
+                expected.push(("ta/big".to_string(), at_max.payload.to_vec()));
+            }
+            publisher
+                .publish(msg(topic, QoS::AtLeastOnce, format!("{i}")))
+                .await
+                .unwrap();
+            expected.push((topic.to_string(), format!("{i}").into_bytes()));
+        }
+        // And the topic still gets an alias for the smaller messages that follow.
+        for i in 0..2 {
+            publisher
+                .publish(msg("ta/big", QoS::AtLeastOnce, format!("small {i}")))
+                .await
+                .unwrap();
+            expected.push(("ta/big".into(), format!("small {i}").into_bytes()));
+        }
+        for (topic, payload) in expected {
+            let got = next(&mut inc).await;
+            assert_eq!((got.topic(), &got.payload()[..]), (&*topic, &payload[..]));
+        }
+        assert!(!publisher.is_closed() && !sub.is_closed());
     })
     .await
 }
