@@ -1622,3 +1622,41 @@ async fn inbound_topic_aliases_do_not_carry_over_to_the_next_connection() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_manual_ack_is_a_typed_no_op_and_never_reaches_the_next_connection() {
+    within(LIMIT, async {
+        let session = memory_session(3600);
+        let opts = options()
+            .clean_start(false)
+            .manual_acks(true)
+            .build()
+            .unwrap();
+        let (c1, mut i1, mut p1, _) =
+            connect_with(opts.clone(), session.clone(), ConnAck::default()).await;
+        p1.send(incoming_msg(1)).await;
+        let old = i1.recv().await.unwrap();
+        drop(p1);
+        let _ = c1.closed().await;
+        // `c1` is still held (its command sender alive): the ack must still go nowhere.
+        let present = ConnAck {
+            session_present: true,
+            ..Default::default()
+        };
+        let (_c2, mut i2, mut p2, _) = connect_with(opts, session, present).await;
+        let mut again = incoming_msg(1);
+        again.dup = true;
+        p2.send(again).await;
+        p2.send(incoming_msg(2)).await;
+        let m1 = i2.recv().await.unwrap();
+        let m2 = i2.recv().await.unwrap();
+        assert_eq!(old.ack(), AckOutcome::ConnectionClosed);
+        assert!(nothing_within(&mut p2, Duration::from_secs(5)).await);
+        assert_eq!(m2.ack(), AckOutcome::Accepted);
+        assert_eq!(m1.ack(), AckOutcome::Accepted);
+        assert_eq!(p2.expect().await, Packet::PubAck(PubAck::new(pid(1))));
+        assert_eq!(p2.expect().await, Packet::PubAck(PubAck::new(pid(2))));
+        drop(c1);
+    })
+    .await
+}
