@@ -1268,7 +1268,7 @@ async fn rpc_matches_responses_and_cleans_up_timeouts() {
                 r.fetch_add(1, Ordering::SeqCst);
             })
             .unwrap();
-        tokio::spawn(incoming.dispatch(Chain::new().then(rpc.clone()).then(router)));
+        tokio::spawn(incoming.dispatch(Chain::new().then(rpc.responses()).then(router)));
 
         let r2 = rpc.clone();
         let req = tokio::spawn(async move {
@@ -1657,6 +1657,22 @@ async fn a_stale_manual_ack_is_a_typed_no_op_and_never_reaches_the_next_connecti
         assert_eq!(p2.expect().await, Packet::PubAck(PubAck::new(pid(1))));
         assert_eq!(p2.expect().await, Packet::PubAck(PubAck::new(pid(2))));
         drop(c1);
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_rpc_handler_in_the_chain_does_not_keep_the_connection_open() {
+    use paho::extensions::rpc::Requester;
+    within(LIMIT, async {
+        let (client, incoming, mut peer) = connect_default().await;
+        let rpc = Requester::without_subscribing(client.clone(), "replies/me");
+        let dispatcher = tokio::spawn(incoming.dispatch(Chain::new().then(rpc.responses())));
+        drop((rpc, client));
+        // Every handle the application held is gone: the connection closes normally and the
+        // dispatching task ends.
+        assert_eq!(disconnect_reason(&peer.until_closed().await), Some(0x00));
+        dispatcher.await.unwrap();
     })
     .await
 }

@@ -2,8 +2,8 @@
 //! responder publishes its answer to that topic with the same Correlation Data.
 //!
 //! [`Requester`] sends requests and matches responses to them. It must see the messages that
-//! arrive on its response topic: put it in the handler chain (it implements
-//! [`Handler`]), or pass each message to [`Requester::handle`] yourself. A
+//! arrive on its response topic: put its [`Responses`] handler in the handler chain
+//! ([`Requester::responses`]), or pass each message to [`Requester::handle`] yourself. A
 //! request that times out, or whose future is dropped, leaves nothing behind.
 //!
 //! ```no_run
@@ -13,7 +13,7 @@
 //! use paho::packets::{Publish, QoS};
 //!
 //! let rpc = Requester::new(client.clone(), "replies/me").await?;
-//! tokio::spawn(incoming.dispatch(paho::Chain::new().then(rpc.clone())));
+//! tokio::spawn(incoming.dispatch(paho::Chain::new().then(rpc.responses())));
 //! let request = Publish { topic: "service/add".into(), qos: QoS::AtLeastOnce,
 //!     payload: "1 2".into(), ..Default::default() };
 //! let response = rpc.request(request, Duration::from_secs(5)).await?;
@@ -38,10 +38,10 @@ type Pending = Arc<Mutex<HashMap<Bytes, oneshot::Sender<Publish>>>>;
 
 /// Sends requests and matches their responses by Correlation Data. Cheap to clone.
 ///
-/// A requester holds a [`Client`] handle. One placed in the handler chain of its own
-/// connection therefore keeps that connection open after the application dropped its other
-/// handles (the chain lives as long as the connection): close it with
-/// [`Client::disconnect`] rather than by dropping the handles.
+/// A requester holds a [`Client`] handle, so one placed in the handler chain of its own
+/// connection would keep that connection (and the dispatching task) alive after the
+/// application dropped its other handles: the chain lives as long as the connection. Put
+/// [`responses`](Requester::responses) in the chain instead; it holds no handle.
 #[derive(Clone)]
 pub struct Requester {
     client: Client,
@@ -139,20 +139,56 @@ impl Requester {
 
     /// Passes a received message to the request it answers; returns whether it did.
     pub fn handle(&self, message: &Message) -> bool {
-        if message.topic() != &*self.response_topic {
-            return false;
+        answer(&self.response_topic, &self.pending, message)
+    }
+
+    /// The handler that matches responses to this requester's requests, for the handler
+    /// chain. Unlike the requester itself it holds no [`Client`], so it does not keep the
+    /// connection open once the application dropped its handles.
+    pub fn responses(&self) -> Responses {
+        Responses {
+            response_topic: self.response_topic.clone(),
+            pending: Arc::clone(&self.pending),
         }
-        let Some(key) = &message.properties().correlation_data else {
-            return false;
-        };
-        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(key));
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(message.publish().clone());
-                true
-            }
-            None => false,
+    }
+}
+
+/// The response-matching half of a [`Requester`] ([`Requester::responses`]): a [`Handler`]
+/// that holds no [`Client`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Responses {
+    response_topic: MqttString,
+    pending: Pending,
+}
+
+impl fmt::Debug for Responses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responses")
+            .field("response_topic", &self.response_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handler for Responses {
+    fn handle(&self, message: &Message) -> bool {
+        answer(&self.response_topic, &self.pending, message)
+    }
+}
+
+fn answer(response_topic: &str, pending: &Pending, message: &Message) -> bool {
+    if message.topic() != response_topic {
+        return false;
+    }
+    let Some(key) = &message.properties().correlation_data else {
+        return false;
+    };
+    let waiter = pending.lock().ok().and_then(|mut p| p.remove(key));
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(message.publish().clone());
+            true
         }
+        None => false,
     }
 }
 
