@@ -36,6 +36,9 @@ const WRITE_HIGH_WATER: usize = 1 << 20;
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands handled per wake-up before the socket gets a turn.
 const COMMAND_BATCH: usize = 64;
+/// More unacknowledged QoS 1/2 messages than this (one per packet identifier) close the
+/// connection with 0x93 even when the Receive Maximum is not strict.
+const MAX_UNACKNOWLEDGED: usize = u16::MAX as usize;
 /// The most a topic alias can add to an encoded PUBLISH.
 const ALIAS_OVERHEAD: u64 = 5;
 
@@ -636,7 +639,10 @@ where
         if n <= usize::from(self.receive_max) {
             return Ok(());
         }
-        if self.strict {
+        // Even lenient, more unacknowledged messages than there are packet identifiers means
+        // the server reuses identifiers of messages not yet acknowledged: without this bound
+        // it could grow our queues without limit.
+        if self.strict || n > MAX_UNACKNOWLEDGED {
             return Err(Error::protocol(
                 0x93,
                 format!(

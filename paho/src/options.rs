@@ -282,7 +282,9 @@ impl ConnectOptionsBuilder {
 
     /// Strict Receive Maximum: a server that has more QoS 1/2 messages unacknowledged than the
     /// advertised Receive Maximum is disconnected with 0x93. Off (the default): a warning is
-    /// logged and the messages are processed (mosquitto 2.0.11 overshoots at QoS 2).
+    /// logged and the messages are processed (mosquitto 2.0.11 overshoots at QoS 2), up to
+    /// 65,535 unacknowledged (one per packet identifier): beyond that the server is reusing
+    /// identifiers, and the connection is closed with 0x93 in either mode.
     pub fn strict_receive_maximum(mut self, on: bool) -> Self {
         self.opts.strict_receive_maximum = on;
         self

@@ -1676,3 +1676,25 @@ async fn an_rpc_handler_in_the_chain_does_not_keep_the_connection_open() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lenient_client_still_bounds_the_messages_a_server_leaves_unacknowledged() {
+    within(LIMIT, async {
+        let opts = options().receive_maximum(10).build().unwrap();
+        let (client, _incoming, mut peer, _) =
+            connect_with(opts, memory_session(0), ConnAck::default()).await;
+        // The application takes nothing, and the server keeps reusing one packet id: beyond
+        // one message per packet identifier it is not overshooting, it is flooding.
+        let mut flood = bytes::BytesMut::new();
+        for _ in 0..=u16::MAX {
+            Packet::Publish(incoming_msg(1)).encode(&mut flood).unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            peer.send_raw(&flood).await;
+            peer.until_closed().await
+        });
+        assert_eq!(client.closed().await.unwrap_err().reason_code(), Some(0x93));
+        assert_eq!(disconnect_reason(&writer.await.unwrap()), Some(0x93));
+    })
+    .await
+}
