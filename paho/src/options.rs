@@ -273,7 +273,9 @@ impl ConnectOptionsBuilder {
 
     /// Manual acknowledgement: QoS 1/2 messages are acknowledged when the application calls
     /// [`Message::ack`](crate::Message::ack) (PUBACK/PUBREC still go out in arrival order).
-    /// Off: a message is acknowledged when the application takes it from
+    /// Because of that order, a message dropped without an ack holds back the acks of every
+    /// later message of the connection (the server redelivers it on the next connection), so
+    /// ack or close. Off: a message is acknowledged when the application takes it from
     /// [`Incoming`](crate::Incoming).
     pub fn manual_acks(mut self, on: bool) -> Self {
         self.opts.manual_acks = on;
