@@ -85,7 +85,11 @@ impl ServerCapabilities {
     /// Checks the encoded size of `packet` against the server's Maximum Packet Size (and
     /// validates it for encoding on the way).
     pub(crate) fn check_size(&self, packet: &Packet) -> Result<(), Error> {
-        let size = packet.encoded_len()?;
+        self.check_len(packet.encoded_len()?)
+    }
+
+    /// Checks a packet size against the server's Maximum Packet Size.
+    fn check_len(&self, size: usize) -> Result<(), Error> {
         if size as u64 > u64::from(self.max_size()) {
             return Err(Error::PacketTooLarge {
                 size,
@@ -122,15 +126,9 @@ impl ServerCapabilities {
                 "a PUBLISH needs its topic name (aliases are applied by the client)",
             ));
         }
-        let mut sized = p.clone();
-        sized.properties.topic_alias = None;
-        sized.dup = false;
-        if sized.qos != QoS::AtMostOnce {
-            sized.packet_id = Some(paho_packets::PacketId::MIN);
-        } else {
-            sized.packet_id = None;
-        }
-        self.check_size(&Packet::Publish(sized))
+        // The size as the session stores and first sends it (identifier iff QoS > 0, no
+        // alias), computed without cloning the message.
+        self.check_len(p.sent_len()?)
     }
 
     /// Checks a SUBSCRIBE: wildcard, subscription identifier and shared subscription support,

@@ -154,7 +154,7 @@ pub(crate) trait Body {
     fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut);
 }
 
-fn frame_len(remaining: usize) -> Result<usize, Error> {
+pub(crate) fn frame_len(remaining: usize) -> Result<usize, Error> {
     if remaining > wire::VARINT_MAX as usize {
         return Err(Error::VarIntOutOfRange(remaining as u64));
     }
@@ -179,7 +179,7 @@ fn encode_body<B: Body>(p: &B, buf: &mut BytesMut, max: u32) -> Result<usize, Er
     Ok(total)
 }
 
-fn encoded_len_of<B: Body>(p: &B) -> Result<usize, Error> {
+pub(crate) fn encoded_len_of<B: Body>(p: &B) -> Result<usize, Error> {
     frame_len(p.sizes()?.remaining)
 }
 

@@ -74,6 +74,51 @@ impl Publish {
     }
 }
 
+impl Publish {
+    /// The exact size of this PUBLISH on the wire, as it is, computed without allocating.
+    pub fn encoded_len(&self) -> Result<usize, Error> {
+        super::encoded_len_of(self)
+    }
+
+    /// The size this PUBLISH has when a client sends it for the first time: with a packet
+    /// identifier exactly when its QoS is 1 or 2 (whatever `packet_id` holds now) and without a
+    /// topic alias (a per-connection detail the client adds at send time; the session stores
+    /// the full topic). This is the size to check against the server's Maximum Packet Size
+    /// before a message is accepted, without cloning it to fill in an identifier.
+    pub fn sent_len(&self) -> Result<usize, Error> {
+        let alias_len = if self.properties.topic_alias.is_some() {
+            3
+        } else {
+            0
+        };
+        let (remaining, _) = self.remaining_len(self.qos != QoS::AtMostOnce, alias_len, false)?;
+        super::frame_len(remaining)
+    }
+
+    /// Validates and sizes the body: `with_id` says whether a packet identifier is written,
+    /// `minus_alias` how many property bytes a dropped topic alias saves, and `alias_may_name`
+    /// whether an alias may stand in for an empty topic.
+    fn remaining_len(
+        &self,
+        with_id: bool,
+        minus_alias: usize,
+        alias_may_name: bool,
+    ) -> Result<(usize, usize), Error> {
+        wire::check_topic(&self.topic)?;
+        if self.topic.is_empty() && !(alias_may_name && self.properties.topic_alias.is_some()) {
+            return Err(Error::InvalidTopicName(String::new()));
+        }
+        let props = self.properties.body_len()? - minus_alias;
+        let remaining = 2
+            + self.topic.len()
+            + if with_id { 2 } else { 0 }
+            + wire::varint_len(props)
+            + props
+            + self.payload.len();
+        Ok((remaining, props))
+    }
+}
+
 impl Body for Publish {
     const TYPE: PacketType = PacketType::Publish;
 
@@ -82,26 +127,17 @@ impl Body for Publish {
     }
 
     fn sizes(&self) -> Result<Sizes, Error> {
-        wire::check_topic(&self.topic)?;
-        if self.topic.is_empty() && self.properties.topic_alias.is_none() {
-            return Err(Error::InvalidTopicName(String::new()));
-        }
-        let id_len = match (self.qos, self.packet_id) {
-            (QoS::AtMostOnce, None) => 0,
-            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,
+        let with_id = match (self.qos, self.packet_id) {
+            (QoS::AtMostOnce, None) => false,
+            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => true,
             _ => return Err(Error::PacketIdMismatch),
         };
         if self.dup && self.qos == QoS::AtMostOnce {
             return Err(Error::DupOnQoS0);
         }
-        let props = self.properties.body_len()?;
+        let (remaining, props) = self.remaining_len(with_id, 0, true)?;
         Ok(Sizes {
-            remaining: 2
-                + self.topic.len()
-                + id_len
-                + wire::varint_len(props)
-                + props
-                + self.payload.len(),
+            remaining,
             props,
             will_props: 0,
         })
@@ -114,5 +150,39 @@ impl Body for Publish {
         }
         self.properties.put(sizes.props, buf);
         buf.put_slice(&self.payload);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::Packet;
+
+    #[test]
+    fn sent_len_is_the_size_of_the_stored_form() {
+        let mut p = Publish {
+            qos: QoS::ExactlyOnce,
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"hello"),
+            ..Default::default()
+        };
+        p.properties.topic_alias = Some(3);
+        p.properties.message_expiry_interval = Some(9);
+        // The form a client sends first: an identifier, no alias, no DUP.
+        let mut stored = p.clone();
+        stored.packet_id = PacketId::new(1);
+        stored.properties.topic_alias = None;
+        let expected = Packet::Publish(stored).encoded_len().unwrap();
+        assert_eq!(p.sent_len(), Ok(expected));
+        // QoS 0 has no identifier, whatever `packet_id` holds.
+        p.qos = QoS::AtMostOnce;
+        p.properties.topic_alias = None;
+        assert_eq!(p.sent_len(), Ok(expected - 2));
+        // The stored form needs the topic: an alias alone does not name it.
+        p.topic = MqttString::new();
+        p.properties.topic_alias = Some(3);
+        assert!(matches!(p.sent_len(), Err(Error::InvalidTopicName(_))));
+        assert!(p.encoded_len().is_ok());
     }
 }

@@ -162,7 +162,8 @@ impl Limits {
     }
 
     fn check_size(&self, p: &Publish) -> Result<(), Error> {
-        let size = Packet::Publish(p.clone()).encoded_len()?;
+        // The size as first sent (identifier iff QoS > 0, no alias), without a clone.
+        let size = p.sent_len()?;
         if size as u64 > u64::from(self.max_packet_size) {
             return Err(Error::PacketTooLarge {
                 size,
