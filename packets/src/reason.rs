@@ -4,6 +4,13 @@
 use crate::Error;
 
 macro_rules! reason_codes {
+    // Several packets that the specification gives the same list of codes: one enum each,
+    // from one list.
+    (
+        $( $(#[$meta:meta])* $name:ident in $packet:literal ),+ ; $body:tt
+    ) => {
+        $( reason_codes! { $(#[$meta])* $name in $packet $body } )+
+    };
     (
         $(#[$meta:meta])*
         $name:ident in $packet:literal {
@@ -101,32 +108,9 @@ reason_codes! {
 
 reason_codes! {
     /// The reason code of a PUBACK.
-    PubAckReasonCode in "PUBACK" {
-        /// The message is accepted.
-        #[default]
-        Success = 0x00,
-        /// Accepted, but nobody is subscribed.
-        NoMatchingSubscribers = 0x10,
-        /// Not accepted, reason not revealed.
-        UnspecifiedError = 0x80,
-        /// Valid, but not accepted by this server.
-        ImplementationSpecificError = 0x83,
-        /// The publisher is not authorized.
-        NotAuthorized = 0x87,
-        /// The topic name is not accepted.
-        TopicNameInvalid = 0x90,
-        /// The packet identifier is already in use.
-        PacketIdentifierInUse = 0x91,
-        /// A quota was exceeded.
-        QuotaExceeded = 0x97,
-        /// The payload does not match its payload format indicator.
-        PayloadFormatInvalid = 0x99,
-    }
-}
-
-reason_codes! {
+    PubAckReasonCode in "PUBACK",
     /// The reason code of a PUBREC.
-    PubRecReasonCode in "PUBREC" {
+    PubRecReasonCode in "PUBREC"; {
         /// The message is accepted.
         #[default]
         Success = 0x00,
@@ -151,19 +135,10 @@ reason_codes! {
 
 reason_codes! {
     /// The reason code of a PUBREL.
-    PubRelReasonCode in "PUBREL" {
-        /// The message is released.
-        #[default]
-        Success = 0x00,
-        /// The packet identifier is not known.
-        PacketIdentifierNotFound = 0x92,
-    }
-}
-
-reason_codes! {
+    PubRelReasonCode in "PUBREL",
     /// The reason code of a PUBCOMP.
-    PubCompReasonCode in "PUBCOMP" {
-        /// The exchange is complete.
+    PubCompReasonCode in "PUBCOMP"; {
+        /// Released (PUBREL) or complete (PUBCOMP).
         #[default]
         Success = 0x00,
         /// The packet identifier is not known.

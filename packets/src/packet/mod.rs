@@ -6,6 +6,7 @@ mod connack;
 mod connect;
 mod publish;
 mod reason_only;
+mod sub_ack;
 mod subscribe;
 mod unsubscribe;
 
@@ -14,8 +15,9 @@ pub use connack::ConnAck;
 pub use connect::{Connect, Will};
 pub use publish::Publish;
 pub use reason_only::{Auth, Disconnect};
-pub use subscribe::{SubAck, Subscribe, Subscription};
-pub use unsubscribe::{UnsubAck, Unsubscribe};
+pub use sub_ack::{SubAck, UnsubAck};
+pub use subscribe::{Subscribe, Subscription};
+pub use unsubscribe::Unsubscribe;
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -1,10 +1,9 @@
-//! SUBSCRIBE and SUBACK (MQTT v5 sections 3.8 and 3.9).
+//! SUBSCRIBE (MQTT v5 section 3.8).
 
 use bytes::{BufMut, BytesMut};
 
 use super::{read_packet_id, Body, PacketType, Sizes};
-use crate::properties::{SubAckProperties, SubscribeProperties};
-use crate::reason::SubAckReasonCode;
+use crate::properties::SubscribeProperties;
 use crate::wire::{self, Reader};
 use crate::{topic, Error, MqttString, PacketId, SubscriptionOptions};
 
@@ -96,60 +95,6 @@ impl Body for Subscribe {
         for s in &self.subscriptions {
             wire::put_prefixed(buf, s.filter.as_bytes());
             buf.put_u8(s.options.to_byte());
-        }
-    }
-}
-
-/// The server's answer to SUBSCRIBE: one reason code per filter, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubAck {
-    /// The SUBSCRIBE's identifier.
-    pub packet_id: PacketId,
-    /// Reason string and user properties.
-    pub properties: SubAckProperties,
-    /// One code per requested filter.
-    pub reason_codes: Vec<SubAckReasonCode>,
-}
-
-impl SubAck {
-    pub(crate) fn read(r: &mut Reader) -> Result<SubAck, Error> {
-        let packet_id = read_packet_id(r, "SUBACK")?;
-        let properties = SubAckProperties::read(r)?;
-        let mut reason_codes = Vec::with_capacity(r.remaining());
-        while r.remaining() > 0 {
-            reason_codes.push(SubAckReasonCode::try_from(r.u8("reason code")?)?);
-        }
-        if reason_codes.is_empty() {
-            return Err(Error::EmptyPayload("SUBACK"));
-        }
-        Ok(SubAck {
-            packet_id,
-            properties,
-            reason_codes,
-        })
-    }
-}
-
-impl Body for SubAck {
-    const TYPE: PacketType = PacketType::SubAck;
-
-    fn sizes(&self) -> Result<Sizes, Error> {
-        if self.reason_codes.is_empty() {
-            return Err(Error::EmptyPayload("SUBACK"));
-        }
-        let props = self.properties.body_len()?;
-        Ok(Sizes {
-            remaining: 2 + wire::varint_len(props) + props + self.reason_codes.len(),
-            props,
-            will_props: 0,
-        })
-    }
-
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
-        buf.put_u16(self.packet_id.get());
-        self.properties.put(sizes.props, buf);
-        for c in &self.reason_codes {
-            buf.put_u8(c.as_u8());
         }
     }
 }

@@ -1,10 +1,9 @@
-//! UNSUBSCRIBE and UNSUBACK (MQTT v5 sections 3.10 and 3.11).
+//! UNSUBSCRIBE (MQTT v5 section 3.10).
 
 use bytes::{BufMut, BytesMut};
 
 use super::{read_packet_id, Body, PacketType, Sizes};
-use crate::properties::{SubAckProperties, UnsubscribeProperties};
-use crate::reason::UnsubAckReasonCode;
+use crate::properties::UnsubscribeProperties;
 use crate::wire::{self, Reader};
 use crate::{topic, Error, MqttString, PacketId};
 
@@ -66,60 +65,6 @@ impl Body for Unsubscribe {
         self.properties.put(sizes.props, buf);
         for f in &self.filters {
             wire::put_prefixed(buf, f.as_bytes());
-        }
-    }
-}
-
-/// The server's answer to UNSUBSCRIBE: one reason code per filter, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnsubAck {
-    /// The UNSUBSCRIBE's identifier.
-    pub packet_id: PacketId,
-    /// Reason string and user properties.
-    pub properties: SubAckProperties,
-    /// One code per filter.
-    pub reason_codes: Vec<UnsubAckReasonCode>,
-}
-
-impl UnsubAck {
-    pub(crate) fn read(r: &mut Reader) -> Result<UnsubAck, Error> {
-        let packet_id = read_packet_id(r, "UNSUBACK")?;
-        let properties = SubAckProperties::read(r)?;
-        let mut reason_codes = Vec::with_capacity(r.remaining());
-        while r.remaining() > 0 {
-            reason_codes.push(UnsubAckReasonCode::try_from(r.u8("reason code")?)?);
-        }
-        if reason_codes.is_empty() {
-            return Err(Error::EmptyPayload("UNSUBACK"));
-        }
-        Ok(UnsubAck {
-            packet_id,
-            properties,
-            reason_codes,
-        })
-    }
-}
-
-impl Body for UnsubAck {
-    const TYPE: PacketType = PacketType::UnsubAck;
-
-    fn sizes(&self) -> Result<Sizes, Error> {
-        if self.reason_codes.is_empty() {
-            return Err(Error::EmptyPayload("UNSUBACK"));
-        }
-        let props = self.properties.body_len()?;
-        Ok(Sizes {
-            remaining: 2 + wire::varint_len(props) + props + self.reason_codes.len(),
-            props,
-            will_props: 0,
-        })
-    }
-
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
-        buf.put_u16(self.packet_id.get());
-        self.properties.put(sizes.props, buf);
-        for c in &self.reason_codes {
-            buf.put_u8(c.as_u8());
         }
     }
 }
