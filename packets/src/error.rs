@@ -33,6 +33,10 @@ pub enum Error {
     /// A variable byte integer runs past 4 bytes.
     #[error("variable byte integer longer than 4 bytes")]
     VarIntTooLong,
+    /// A variable byte integer uses more bytes than its value needs (for example `0x80 0x00`
+    /// for 0), which MQTT-1.5.5-1 forbids.
+    #[error("variable byte integer not in its shortest encoding")]
+    VarIntNotMinimal,
     /// A value is too large to encode as a variable byte integer (max 268,435,455).
     #[error("value {0} is too large for a variable byte integer")]
     VarIntOutOfRange(u64),
@@ -80,7 +84,8 @@ pub enum Error {
     /// A topic filter is empty, has a misplaced wildcard, or is a malformed shared subscription.
     #[error("invalid topic filter {0:?}")]
     InvalidTopicFilter(String),
-    /// Subscription options use reserved bits or QoS 3.
+    /// Subscription options use reserved bits (Malformed Packet) or Maximum QoS 3 (Protocol
+    /// Error).
     #[error("invalid subscription options {0:#010b}")]
     InvalidSubscriptionOptions(u8),
     /// Retain Handling is 3, which is reserved.
@@ -114,6 +119,10 @@ pub enum Error {
     /// CONNACK acknowledge flags use reserved bits, or claim a session on a failed connect.
     #[error("invalid CONNACK flags {0:#010b}")]
     InvalidConnAckFlags(u8),
+    /// A CONNECT carries Authentication Data without an Authentication Method, which
+    /// section 3.1.2.11.10 makes a Protocol Error.
+    #[error("authentication data without an authentication method")]
+    AuthenticationDataWithoutMethod,
     /// A QoS 1 or 2 PUBLISH to encode has no packet identifier, or a QoS 0 one has one.
     #[error("packet identifier does not match the QoS")]
     PacketIdMismatch,
@@ -139,7 +148,11 @@ impl Error {
             | Error::EmptyPayload(_)
             | Error::InvalidRetainHandling
             | Error::NoLocalOnSharedSubscription(_)
+            | Error::AuthenticationDataWithoutMethod
             | Error::PacketIdMismatch => R::ProtocolError,
+            // Reserved bits 6-7 make the SUBSCRIBE malformed (MQTT-3.8.3-5), but with them clear
+            // the options failed on Maximum QoS 3, which section 3.8.3.1 calls a Protocol Error.
+            Error::InvalidSubscriptionOptions(b) if b & 0xC0 == 0 => R::ProtocolError,
             // CONNACK cannot carry 0x84 through a DISCONNECT code; the caller that decodes a
             // CONNECT answers with `ConnectReasonCode::UnsupportedProtocolVersion` instead.
             Error::UnsupportedProtocol { .. } => R::ProtocolError,

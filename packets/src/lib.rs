@@ -24,9 +24,10 @@
 //! maximum packet size is checked as soon as the fixed header is in, before anything is
 //! allocated for the body.
 //!
-//! Decoding is strict: reserved flags, QoS 3, a zero packet identifier, a five-byte length,
-//! properties not allowed in the packet or repeated, invalid UTF-8 or U+0000, wildcards in
-//! topic names, malformed filters, reserved subscription options, empty SUBSCRIBE or
+//! Decoding is strict: reserved flags, QoS 3, a zero packet identifier, a variable byte
+//! integer longer than four bytes or than its value needs, properties not allowed in the
+//! packet or repeated, invalid UTF-8 or U+0000, wildcards in topic names (Response Topic
+//! included), malformed filters, reserved subscription options, empty SUBSCRIBE or
 //! UNSUBSCRIBE payloads and fields that overrun the packet are all typed errors.
 //! [`Error::disconnect_reason`] says which reason code to close the connection with.
 //!

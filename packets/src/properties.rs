@@ -207,6 +207,31 @@ impl Kind for Str {
     }
 }
 
+/// A Response Topic: a UTF-8 string that must be a valid topic name, so neither empty
+/// (MQTT-4.7.3-1) nor holding a wildcard (MQTT-3.3.2-14). The will's Response Topic is one
+/// too (section 3.1.3.2.5 gives it the same meaning).
+pub(crate) struct TopicStr;
+impl Kind for TopicStr {
+    type Value = MqttString;
+    fn len(v: &MqttString, _: u8) -> Result<usize, Error> {
+        wire::check_topic(v)?;
+        if v.is_empty() {
+            return Err(Error::InvalidTopicName(String::new()));
+        }
+        Ok(2 + v.len())
+    }
+    fn put(v: &MqttString, buf: &mut BytesMut) {
+        wire::put_prefixed(buf, v.as_bytes());
+    }
+    fn read(r: &mut Reader, _: u8) -> Result<MqttString, Error> {
+        let s = r.topic_name("response topic")?;
+        if s.is_empty() {
+            return Err(Error::InvalidTopicName(String::new()));
+        }
+        Ok(s)
+    }
+}
+
 /// Binary data.
 pub(crate) struct Bin;
 impl Kind for Bin {
@@ -228,7 +253,9 @@ fn user_properties_len(props: &[UserProperty]) -> Result<usize, Error> {
     for (k, v) in props {
         wire::check_str(k)?;
         wire::check_str(v)?;
-        n += 1 + 2 + k.len() + 2 + v.len();
+        // Saturating: the strings are shared `Bytes`, so a list of clones can add up past
+        // `usize::MAX` on a 32-bit target without using that much memory.
+        n = usize::saturating_add(n, 1 + 2 + k.len() + 2 + v.len());
     }
     Ok(n)
 }
@@ -273,7 +300,12 @@ macro_rules! properties {
                 $( if let Some(v) = &self.$field { n += 1 + <$kind as Kind>::len(v, $id)?; } )*
                 $( for v in &self.$rfield { n += 1 + <$rkind as Kind>::len(v, $rid)?; } )?
                 if !self.user_properties.is_empty() {
-                    n += user_properties_len(&self.user_properties)?;
+                    n = usize::saturating_add(n, user_properties_len(&self.user_properties)?);
+                }
+                // No packet can hold a longer block, and the callers add the rest of the
+                // packet to this size: bounding it here keeps their sums from overflowing.
+                if n > wire::VARINT_MAX as usize {
+                    return Err(Error::VarIntOutOfRange(n as u64));
                 }
                 Ok(n)
             }
@@ -363,7 +395,7 @@ properties! {
         /// MIME type of the payload.
         content_type: MqttString as Str = id::CONTENT_TYPE,
         /// Topic for a response.
-        response_topic: MqttString as Str = id::RESPONSE_TOPIC,
+        response_topic: MqttString as TopicStr = id::RESPONSE_TOPIC,
         /// Correlation data for a response.
         correlation_data: Bytes as Bin = id::CORRELATION_DATA,
     }
@@ -417,7 +449,7 @@ properties! {
         /// A topic alias (1..=Topic Alias Maximum); never 0.
         topic_alias: u16 as U16NonZero = id::TOPIC_ALIAS,
         /// Topic for a response.
-        response_topic: MqttString as Str = id::RESPONSE_TOPIC,
+        response_topic: MqttString as TopicStr = id::RESPONSE_TOPIC,
         /// Correlation data for a response.
         correlation_data: Bytes as Bin = id::CORRELATION_DATA,
         /// MIME type of the payload.

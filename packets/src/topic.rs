@@ -58,13 +58,30 @@ fn scan_bytes(b: &[u8]) -> u8 {
     })
 }
 
-/// Checks a topic name for a PUBLISH: non-empty, no wildcard characters.
+/// Checks a topic name for a PUBLISH: non-empty, no wildcard characters, no U+0000, at most
+/// 65,535 bytes.
 ///
 /// (An empty topic is allowed on the wire together with a topic alias; the PUBLISH codec
 /// handles that case before calling this.)
 pub fn validate_topic_name(topic: &str) -> Result<(), Error> {
-    if topic.is_empty() || scan(topic.as_bytes()) & WILDCARD != 0 {
+    let flags = scan(topic.as_bytes());
+    check_string_rules(topic, flags)?;
+    if topic.is_empty() || flags & WILDCARD != 0 {
         return Err(Error::InvalidTopicName(topic.to_owned()));
+    }
+    Ok(())
+}
+
+/// The rules every topic name and filter shares with all MQTT strings: no U+0000
+/// (MQTT-4.7.3-2) and at most 65,535 bytes (MQTT-4.7.3-3). A `&str` has not been through
+/// [`crate::MqttString`]'s checks, so the public validators check them here rather than let a
+/// topic they approved fail later, at encode time.
+fn check_string_rules(s: &str, flags: u8) -> Result<(), Error> {
+    if s.len() > crate::wire::FIELD_MAX {
+        return Err(Error::FieldTooLong(s.len()));
+    }
+    if flags & NUL != 0 {
+        return Err(Error::NullCharacter);
     }
     Ok(())
 }
@@ -86,9 +103,12 @@ pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, Error> {
 }
 
 /// Checks a topic filter for SUBSCRIBE/UNSUBSCRIBE: non-empty, `+` alone in its level, `#`
-/// alone in the last level, and a well-formed `$share/{group}/` prefix if there is one.
+/// alone in the last level, a well-formed `$share/{group}/` prefix if there is one, no U+0000,
+/// at most 65,535 bytes.
 pub fn validate_topic_filter(filter: &str) -> Result<(), Error> {
-    check_filter(filter, scan(filter.as_bytes()) & WILDCARD != 0).map(|_| ())
+    let flags = scan(filter.as_bytes());
+    check_string_rules(filter, flags)?;
+    check_filter(filter, flags & WILDCARD != 0).map(|_| ())
 }
 
 /// Like [`validate_topic_filter`] for a filter whose wildcard flag is already known (an
@@ -158,6 +178,21 @@ mod tests {
         assert!(validate_topic_name("").is_err());
         assert!(validate_topic_name("a/+").is_err());
         assert!(validate_topic_name("a#").is_err());
+    }
+
+    #[test]
+    fn validators_apply_the_string_rules() {
+        // MQTT-4.7.3-2 and -3: no U+0000, at most 65,535 bytes, for names and filters alike.
+        assert_eq!(validate_topic_name("a\0b"), Err(Error::NullCharacter));
+        assert_eq!(validate_topic_filter("a/\0/#"), Err(Error::NullCharacter));
+        let long = "a".repeat(65_536);
+        assert_eq!(validate_topic_name(&long), Err(Error::FieldTooLong(65_536)));
+        assert_eq!(
+            validate_topic_filter(&long),
+            Err(Error::FieldTooLong(65_536))
+        );
+        assert!(validate_topic_name(&long[1..]).is_ok());
+        assert!(validate_topic_filter(&long[1..]).is_ok());
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub(crate) fn put_varint(buf: &mut BytesMut, mut v: usize) {
 /// Reads a variable byte integer from the front of `bytes`.
 ///
 /// Returns `Ok(None)` when the slice ends before the integer does, and `(value, length)`
-/// otherwise. A fifth byte is an error, whatever follows.
+/// otherwise. A fifth byte is an error, whatever follows, and so is an encoding longer than
+/// the value needs (MQTT-1.5.5-1).
 #[inline]
 pub(crate) fn peek_varint(bytes: &[u8]) -> Result<Option<(u32, usize)>, Error> {
     let mut value: u32 = 0;
@@ -55,6 +56,12 @@ pub(crate) fn peek_varint(bytes: &[u8]) -> Result<Option<(u32, usize)>, Error> {
         }
         value |= u32::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
+            // A last byte of 0 after a continuation byte (0x80 0x00 for 0, 0xFF 0x00 for 127)
+            // adds nothing: the value had a shorter encoding, and MQTT-1.5.5-1 requires the
+            // shortest. Accepting it would let two byte strings mean the same packet.
+            if b == 0 && i > 0 {
+                return Err(Error::VarIntNotMinimal);
+            }
             return Ok(Some((value, i + 1)));
         }
     }
@@ -291,5 +298,21 @@ mod tests {
             peek_varint(&[0x80, 0x80, 0x80, 0x80, 0x01]),
             Err(Error::VarIntTooLong)
         );
+    }
+
+    #[test]
+    fn varint_must_be_minimal() {
+        // MQTT-1.5.5-1: the encoded value must use the minimum number of bytes. Every
+        // non-minimal encoding ends in a 0x00 byte after a continuation byte.
+        for enc in [
+            &[0x80, 0x00][..],
+            &[0xFF, 0x00],
+            &[0x80, 0x80, 0x00],
+            &[0x81, 0x80, 0x80, 0x00],
+        ] {
+            assert_eq!(peek_varint(enc), Err(Error::VarIntNotMinimal), "{enc:02x?}");
+        }
+        // Zero bytes in the middle are fine: 16,384 is 0x80 0x80 0x01.
+        assert_eq!(peek_varint(&[0x80, 0x80, 0x01]), Ok(Some((16_384, 3))));
     }
 }

@@ -330,9 +330,15 @@ fn reserved_subscription_option_bits() {
         malformed(&subscribe_with(b"a", 0xC1)),
         Error::InvalidSubscriptionOptions(0xC1)
     );
+    // Maximum QoS 3 is not a reserved bit: section 3.8.3.1 makes it a Protocol Error.
     assert_eq!(
-        malformed(&subscribe_with(b"a", 0x03)),
+        protocol_error(&subscribe_with(b"a", 0x03)),
         Error::InvalidSubscriptionOptions(0x03)
+    );
+    // Reserved bits win when both are wrong.
+    assert_eq!(
+        malformed(&subscribe_with(b"a", 0x43)),
+        Error::InvalidSubscriptionOptions(0x43)
     );
     assert_eq!(
         protocol_error(&subscribe_with(b"a", 0x30)),
@@ -587,4 +593,165 @@ fn encoder_honours_maximum_packet_size() {
     );
     assert!(buf.is_empty());
     assert_eq!(p.encode_with_max(&mut buf, size as u32), Ok(size));
+}
+
+#[test]
+fn non_minimal_variable_byte_integers() {
+    // MQTT-1.5.5-1: a variable byte integer must use the fewest bytes its value needs.
+    // Remaining length 0 as 0x80 0x00 (a PINGREQ).
+    assert_eq!(malformed(&[0xC0, 0x80, 0x00]), Error::VarIntNotMinimal);
+    // Remaining length 2 as 0x82 0x00 (a PUBACK).
+    assert_eq!(
+        malformed(&[0x40, 0x82, 0x00, 0x00, 0x01]),
+        Error::VarIntNotMinimal
+    );
+    // Property length 0 as 0x80 0x00 in a PUBLISH.
+    assert_eq!(
+        malformed(&[0x30, 0x06, 0x00, 0x01, b't', 0x80, 0x00, b'x']),
+        Error::VarIntNotMinimal
+    );
+    // Property identifier 0x02 as 0x82 0x00 in a PUBLISH.
+    assert_eq!(
+        malformed(&[0x30, 0x0B, 0x00, 0x01, b't', 0x06, 0x82, 0x00, 0x00, 0x00, 0x00, 0x01, b'x']),
+        Error::VarIntNotMinimal
+    );
+    // Subscription Identifier 1 as 0x81 0x00 in a SUBSCRIBE.
+    assert_eq!(
+        malformed(&[0x82, 0x0A, 0x00, 0x01, 0x03, 0x0B, 0x81, 0x00, 0x00, 0x01, b'a', 0x00]),
+        Error::VarIntNotMinimal
+    );
+    // While the length is still arriving, a continuation byte is just "need more".
+    assert_eq!(
+        decode(&mut BytesMut::from(&[0xC0, 0x80][..]), MAX_PACKET_SIZE),
+        Ok(None)
+    );
+}
+
+#[test]
+fn response_topic_must_be_a_topic_name() {
+    // MQTT-3.3.2-14: no wildcards; MQTT-4.7.3-1: not empty. PUBLISH with Response Topic "a/#".
+    let wild = [
+        0x30, 0x0B, 0x00, 0x01, b't', 0x06, 0x08, 0x00, 0x03, b'a', b'/', b'#', b'x',
+    ];
+    assert!(matches!(
+        protocol_error(&wild),
+        Error::InvalidTopicName(t) if t == "a/#"
+    ));
+    let empty = [0x30, 0x08, 0x00, 0x01, b't', 0x03, 0x08, 0x00, 0x00, b'x'];
+    assert!(matches!(protocol_error(&empty), Error::InvalidTopicName(_)));
+    // The will's Response Topic too: CONNECT, will flag, will properties {0x08 "+"}.
+    let will = cat(&[
+        &[0x10, 0x16, 0x00, 0x04],
+        b"MQTT",
+        &[0x05, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00],
+        &[0x04, 0x08, 0x00, 0x01, b'+'],
+        &[0x00, 0x01, b'w', 0x00, 0x00],
+    ]);
+    assert!(matches!(
+        protocol_error(&will),
+        Error::InvalidTopicName(t) if t == "+"
+    ));
+    // The encoder refuses what the decoder refuses.
+    for topic in ["a/+", ""] {
+        let p = Packet::Publish(Publish {
+            topic: "t".into(),
+            properties: PublishProperties {
+                response_topic: Some(topic.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        assert!(
+            matches!(p.encoded_len(), Err(Error::InvalidTopicName(_))),
+            "{topic:?}"
+        );
+    }
+}
+
+#[test]
+fn authentication_data_without_method() {
+    // Section 3.1.2.11.10: Authentication Data without Authentication Method is a Protocol
+    // Error. CONNECT with properties {0x16 [0x01]} only.
+    let connect = cat(&[
+        &[0x10, 0x11, 0x00, 0x04],
+        b"MQTT",
+        &[0x05, 0x00, 0x00, 0x00],
+        &[0x04, 0x16, 0x00, 0x01, 0x01],
+        &[0x00, 0x00],
+    ]);
+    assert_eq!(
+        protocol_error(&connect),
+        Error::AuthenticationDataWithoutMethod
+    );
+    let mut c = Connect::default();
+    c.properties.authentication_data = Some(Bytes::from_static(b"\x01"));
+    assert_eq!(
+        Packet::from(c.clone()).encoded_len(),
+        Err(Error::AuthenticationDataWithoutMethod)
+    );
+    // With a method it is fine.
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let mut buf = BytesMut::new();
+    Packet::from(c.clone()).encode(&mut buf).unwrap();
+    assert_eq!(decode(&mut buf, MAX_PACKET_SIZE), Ok(Some(Packet::from(c))));
+}
+
+#[test]
+fn unlimited_size_header_does_not_reserve_the_claimed_size() {
+    // With no limit (the client's default), a 5-byte header claiming 268 MB must not make the
+    // decoder reserve 268 MB: the claim is the peer's, the memory ours.
+    let mut buf = BytesMut::with_capacity(16);
+    buf.extend_from_slice(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]);
+    assert_eq!(decode(&mut buf, MAX_PACKET_SIZE), Ok(None));
+    assert_eq!(&buf[..], &[0x30, 0xFF, 0xFF, 0xFF, 0x7F]);
+    assert!(
+        buf.capacity() <= 1 << 20,
+        "capacity grew to {}",
+        buf.capacity()
+    );
+    // A packet that is on its way still gets its room ahead of time.
+    let mut buf = BytesMut::with_capacity(16);
+    buf.extend_from_slice(&[0x30, 0x80, 0x08]);
+    assert_eq!(decode(&mut buf, MAX_PACKET_SIZE), Ok(None));
+    assert!(buf.capacity() >= 1 + 2 + 1024);
+}
+
+#[test]
+fn body_error_removes_the_packet_header_error_does_not() {
+    // A PUBACK with packet id 0, then a PINGRESP: the bad packet's bytes are gone.
+    let mut buf = BytesMut::from(&[0x40, 0x02, 0x00, 0x00, 0xD0, 0x00][..]);
+    assert_eq!(
+        decode(&mut buf, MAX_PACKET_SIZE),
+        Err(Error::ZeroPacketId("PUBACK"))
+    );
+    assert_eq!(&buf[..], &[0xD0, 0x00]);
+    // A bad first byte leaves everything in place.
+    let mut buf = BytesMut::from(&[0x41, 0x02, 0x00, 0x01][..]);
+    assert!(decode(&mut buf, MAX_PACKET_SIZE).is_err());
+    assert_eq!(buf.len(), 4);
+}
+
+#[test]
+fn encoder_refuses_sums_of_shared_fields_past_the_protocol_maximum() {
+    // Clones of one 65,535-byte string share their bytes, so a list of them can describe a
+    // packet far larger than memory. The encoder must refuse it from the sizes alone
+    // (on a 32-bit target the sum would otherwise overflow `usize`).
+    let big = MqttString::from("v".repeat(65_535));
+    let mut connack = ConnAck::default();
+    connack.properties.user_properties = vec![("k".into(), big.clone()); 4_200];
+    assert!(matches!(
+        Packet::from(connack).encoded_len(),
+        Err(Error::VarIntOutOfRange(_))
+    ));
+    let unsubscribe = Packet::Unsubscribe(Unsubscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        filters: vec![big.clone(); 4_200],
+    });
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        unsubscribe.encode(&mut buf),
+        Err(Error::VarIntOutOfRange(_))
+    ));
+    assert!(buf.is_empty());
 }

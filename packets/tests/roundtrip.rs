@@ -80,8 +80,9 @@ fn connect() -> impl Strategy<Value = Packet> {
                 topic_alias_maximum: tam,
                 request_response_information: rri,
                 request_problem_information: rpi,
+                // Authentication Data needs a Method (section 3.1.2.11.10).
+                authentication_data: ad.filter(|_| am.is_some()),
                 authentication_method: am,
-                authentication_data: ad,
                 user_properties: up,
             },
         );

@@ -607,3 +607,76 @@ fn several_packets_in_one_buffer() {
     );
     assert!(buf.is_empty());
 }
+
+#[test]
+fn success_codes_are_written_when_properties_follow() {
+    // 3.15.2.1 / 3.14.2.1 / 3.4.2.1: only the code *and* the properties together may be left
+    // out; with properties, a Success (0x00) code is on the wire.
+    check(
+        &cat(&[&[0xF0, 0x0B, 0x00, 0x09, 0x15, 0x00, 0x06], b"SCRAM1"]),
+        Packet::Auth(Auth {
+            reason_code: AuthReasonCode::Success,
+            properties: AuthProperties {
+                authentication_method: Some(s("SCRAM1")),
+                ..Default::default()
+            },
+        }),
+    );
+    check(
+        &[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x3C],
+        Packet::Disconnect(Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+            properties: DisconnectProperties {
+                session_expiry_interval: Some(60),
+                ..Default::default()
+            },
+        }),
+    );
+    check(
+        &[0x70, 0x08, 0x00, 0x02, 0x00, 0x04, 0x1F, 0x00, 0x01, b'r'],
+        Packet::PubComp(PubComp {
+            packet_id: pid(2),
+            reason_code: PubCompReasonCode::Success,
+            properties: AckProperties {
+                reason_string: Some(s("r")),
+                user_properties: vec![],
+            },
+        }),
+    );
+}
+
+#[test]
+fn bom_and_noncharacters_are_kept_byte_for_byte() {
+    // MQTT-1.5.4-3: 0xEF 0xBB 0xBF is U+FEFF wherever it appears and must not be skipped or
+    // stripped. Non-characters (U+FFFF) are allowed (a receiver MAY refuse them; we do not).
+    let topic = "\u{FEFF}a/\u{FFFF}";
+    assert_eq!(topic.len(), 8);
+    let bytes = cat(&[&[0x30, 0x0B, 0x00, 0x08], topic.as_bytes(), &[0x00]]);
+    check(
+        &bytes,
+        Packet::Publish(Publish {
+            topic: s(topic),
+            ..Default::default()
+        }),
+    );
+}
+
+#[test]
+fn password_without_user_name() {
+    // 3.1.2.9: MQTT v5 allows a password without a user name (flags 0x40).
+    let bytes = cat(&[
+        &[0x10, 0x12, 0x00, 0x04],
+        b"MQTT",
+        &[0x05, 0x40, 0x00, 0x00, 0x00],
+        &[0x00, 0x01, b'c'],
+        &[0x00, 0x02, b'p', b'w'],
+    ]);
+    check(
+        &bytes,
+        Packet::from(Connect {
+            client_id: s("c"),
+            password: Some(Bytes::from_static(b"pw")),
+            ..Default::default()
+        }),
+    );
+}

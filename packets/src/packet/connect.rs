@@ -63,6 +63,7 @@ impl Connect {
         }
         let keep_alive = r.u16("keep alive")?;
         let properties = ConnectProperties::read(r)?;
+        check_auth(&properties)?;
         let client_id = r.string("client identifier")?;
         let will = if will_flag {
             let properties = WillProperties::read(r)?;
@@ -115,10 +116,20 @@ impl Connect {
     }
 }
 
+/// Authentication Data only means something to an Authentication Method: section 3.1.2.11.10
+/// makes Data without a Method a Protocol Error.
+fn check_auth(p: &ConnectProperties) -> Result<(), Error> {
+    if p.authentication_data.is_some() && p.authentication_method.is_none() {
+        return Err(Error::AuthenticationDataWithoutMethod);
+    }
+    Ok(())
+}
+
 impl Body for Connect {
     const TYPE: PacketType = PacketType::Connect;
 
     fn sizes(&self) -> Result<Sizes, Error> {
+        check_auth(&self.properties)?;
         let props = self.properties.body_len()?;
         wire::check_str(&self.client_id)?;
         // Variable header: name (2 + 4), level, flags, keep alive.

@@ -28,6 +28,10 @@ use crate::{Error, PacketId};
 /// 268,435,455 bytes of body.
 pub const MAX_PACKET_SIZE: u32 = 1 + 4 + wire::VARINT_MAX;
 
+/// The most [`decode`] reserves ahead for a packet whose header has arrived but whose body
+/// has not.
+const RESERVE_AHEAD_MAX: usize = 64 * 1024;
+
 /// The type of a control packet (the high nibble of its first byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -296,8 +300,10 @@ impl Packet {
 /// before anything is allocated for the body, so a hostile header claiming 256 MB costs
 /// nothing. The packet type and fixed-header flags are checked at the same point.
 ///
-/// On error the buffer is left as it was; the connection is unusable and should be closed
-/// with [`Error::disconnect_reason`].
+/// On error the connection is unusable and should be closed with
+/// [`Error::disconnect_reason`]. An error in the fixed header (type, flags, length, size)
+/// leaves the buffer as it was; an error in the body comes after the whole packet was cut
+/// off the buffer, so its bytes are gone and the buffer starts after it.
 ///
 /// ```
 /// use bytes::BytesMut;
@@ -325,9 +331,11 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: u32) -> Result<Option<Packet>
         });
     }
     if buf.len() < total {
-        // The size is within the caller's limit, so making room for it now saves the
-        // reader from growing the buffer piecemeal.
-        buf.reserve(total - buf.len());
+        // Making room now saves the reader from growing the buffer piecemeal, but only up to
+        // a bound: the size is just a claim in a header, and with no limit (MAX_PACKET_SIZE,
+        // the client's default) reserving all of it would let five bytes from a peer cost
+        // 256 MB. Past the bound the buffer grows as the bytes actually arrive.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD_MAX));
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();

@@ -80,7 +80,9 @@ impl Body for Subscribe {
         for s in &self.subscriptions {
             wire::check_str(&s.filter)?;
             s.check()?;
-            n += 2 + s.filter.len() + 1;
+            // Saturating: shared filters can add up past `usize::MAX` on 32-bit targets;
+            // `frame_len` refuses anything over the protocol's maximum anyway.
+            n = n.saturating_add(2 + s.filter.len() + 1);
         }
         Ok(Sizes {
             remaining: n,

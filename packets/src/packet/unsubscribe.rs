@@ -51,7 +51,9 @@ impl Body for Unsubscribe {
         for f in &self.filters {
             wire::check_str(f)?;
             topic::check_filter(f, f.has_wildcard())?;
-            n += 2 + f.len();
+            // Saturating, as in SUBSCRIBE: shared filters can add up past `usize::MAX` on
+            // 32-bit targets.
+            n = n.saturating_add(2 + f.len());
         }
         Ok(Sizes {
             remaining: n,
