@@ -98,77 +98,48 @@ impl Kind for MaxQoS {
     }
 }
 
-/// A two-byte integer.
-pub(crate) struct U16;
-impl Kind for U16 {
-    type Value = u16;
-    fn len(_: &u16, _: u8) -> Result<usize, Error> {
-        Ok(2)
-    }
-    fn put(v: &u16, buf: &mut BytesMut) {
-        buf.put_u16(*v);
-    }
-    fn read(r: &mut Reader, _: u8) -> Result<u16, Error> {
-        r.u16("property value")
-    }
+/// Fixed-size big-endian integers, with or without the rule that 0 is not allowed.
+macro_rules! int_kind {
+    ($(#[$meta:meta])* $name:ident, $t:ty, $size:literal, $put:ident, $read:ident, nonzero = $nz:literal) => {
+        $(#[$meta])*
+        pub(crate) struct $name;
+        impl Kind for $name {
+            type Value = $t;
+            fn len(v: &$t, id: u8) -> Result<usize, Error> {
+                if $nz && *v == 0 {
+                    return Err(Error::InvalidPropertyValue(id));
+                }
+                Ok($size)
+            }
+            fn put(v: &$t, buf: &mut BytesMut) {
+                buf.$put(*v);
+            }
+            fn read(r: &mut Reader, id: u8) -> Result<$t, Error> {
+                match r.$read("property value")? {
+                    0 if $nz => Err(Error::InvalidPropertyValue(id)),
+                    v => Ok(v),
+                }
+            }
+        }
+    };
 }
 
-/// A two-byte integer that must not be 0 (Receive Maximum, Topic Alias).
-pub(crate) struct U16NonZero;
-impl Kind for U16NonZero {
-    type Value = u16;
-    fn len(v: &u16, id: u8) -> Result<usize, Error> {
-        if *v == 0 {
-            return Err(Error::InvalidPropertyValue(id));
-        }
-        Ok(2)
-    }
-    fn put(v: &u16, buf: &mut BytesMut) {
-        buf.put_u16(*v);
-    }
-    fn read(r: &mut Reader, id: u8) -> Result<u16, Error> {
-        match r.u16("property value")? {
-            0 => Err(Error::InvalidPropertyValue(id)),
-            v => Ok(v),
-        }
-    }
-}
-
-/// A four-byte integer.
-pub(crate) struct U32;
-impl Kind for U32 {
-    type Value = u32;
-    fn len(_: &u32, _: u8) -> Result<usize, Error> {
-        Ok(4)
-    }
-    fn put(v: &u32, buf: &mut BytesMut) {
-        buf.put_u32(*v);
-    }
-    fn read(r: &mut Reader, _: u8) -> Result<u32, Error> {
-        r.u32("property value")
-    }
-}
-
-/// A four-byte integer that must not be 0 (Maximum Packet Size).
-pub(crate) struct U32NonZero;
-impl Kind for U32NonZero {
-    type Value = u32;
-    fn len(v: &u32, id: u8) -> Result<usize, Error> {
-        if *v == 0 {
-            return Err(Error::InvalidPropertyValue(id));
-        }
-        Ok(4)
-    }
-    fn put(v: &u32, buf: &mut BytesMut) {
-        buf.put_u32(*v);
-    }
-    fn read(r: &mut Reader, id: u8) -> Result<u32, Error> {
-        match r.u32("property value")? {
-            0 => Err(Error::InvalidPropertyValue(id)),
-            v => Ok(v),
-        }
-    }
-}
+int_kind!(
+    /// A two-byte integer.
+    U16, u16, 2, put_u16, u16, nonzero = false
+);
+int_kind!(
+    /// A two-byte integer that must not be 0 (Receive Maximum, Topic Alias).
+    U16NonZero, u16, 2, put_u16, u16, nonzero = true
+);
+int_kind!(
+    /// A four-byte integer.
+    U32, u32, 4, put_u32, u32, nonzero = false
+);
+int_kind!(
+    /// A four-byte integer that must not be 0 (Maximum Packet Size).
+    U32NonZero, u32, 4, put_u32, u32, nonzero = true
+);
 
 /// A subscription identifier: a variable byte integer from 1 to 268,435,455.
 pub(crate) struct SubId;
