@@ -10,7 +10,7 @@ use paho::session::{FileStore, SessionConfig, StoreIdentity};
 use paho::{Client, Error, SessionHandle};
 
 async fn open(dir: &std::path::Path) -> SessionHandle<FileStore> {
-    let identity = StoreIdentity::new("tcp://test:1883", "test-client").unwrap();
+    let identity = StoreIdentity::new("tcp://test", "test-client").unwrap();
     let store = FileStore::open(dir, identity).await.unwrap();
     SessionHandle::restore(SessionConfig::new().session_expiry_interval(3600), store)
         .await

@@ -882,7 +882,7 @@ async fn a_server_disconnect_is_reported_with_its_reason() {
         let (client, mut incoming, mut peer) = connect_default().await;
         let mut d = Disconnect::new(DisconnectReasonCode::ServerShuttingDown);
         d.properties.reason_string = Some("bye".into());
-        d.properties.server_reference = Some("other:1883".into());
+        d.properties.server_reference = Some("other.example".into());
         peer.send(d).await;
         match client.closed().await {
             Err(Error::ServerDisconnected {
@@ -892,7 +892,7 @@ async fn a_server_disconnect_is_reported_with_its_reason() {
             }) => {
                 assert_eq!(reason_code, 0x8B);
                 assert_eq!(reason_string.as_deref(), Some("bye"));
-                assert_eq!(server_reference.as_deref(), Some("other:1883"));
+                assert_eq!(server_reference.as_deref(), Some("other.example"));
             }
             other => panic!("{other:?}"),
         }

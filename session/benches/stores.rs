@@ -70,7 +70,7 @@ fn stores(c: &mut Criterion) {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for writers in WRITERS {
         let dir = tmp.path().join(format!("w{writers}"));
-        let ident = StoreIdentity::new("mqtt://bench:1883", "bench").unwrap();
+        let ident = StoreIdentity::new("mqtt://bench", "bench").unwrap();
         let store = rt.block_on(FileStore::open(&dir, ident)).unwrap();
         let before = store.stats();
         g.bench_with_input(BenchmarkId::new("file", writers), &writers, |b, &w| {

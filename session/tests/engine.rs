@@ -649,7 +649,7 @@ async fn acks_go_out_in_arrival_order_and_stale_acks_are_typed() {
 // ----- restart (FileStore) ---------------------------------------------------------------
 
 fn ident() -> StoreIdentity {
-    StoreIdentity::new("mqtt://scripted:1883", "engine-test").unwrap()
+    StoreIdentity::new("mqtt://scripted", "engine-test").unwrap()
 }
 
 #[tokio::test]

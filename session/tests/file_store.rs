@@ -13,7 +13,7 @@ fn out(n: u16) -> Key {
 }
 
 fn ident() -> StoreIdentity {
-    StoreIdentity::new("mqtt://broker:1883", "client-a").unwrap()
+    StoreIdentity::new("mqtt://broker", "client-a").unwrap()
 }
 
 async fn contents(s: &FileStore) -> Vec<(Key, EntryKind, Bytes)> {
@@ -86,7 +86,7 @@ async fn refuses_a_directory_of_another_server_or_client() {
         .unwrap()
         .close()
         .await;
-    let other_client = StoreIdentity::new("mqtt://broker:1883", "client-b").unwrap();
+    let other_client = StoreIdentity::new("mqtt://broker", "client-b").unwrap();
     match FileStore::open(tmp.path(), other_client).await {
         Err(Error::IdentityMismatch {
             expected_client,
@@ -98,7 +98,7 @@ async fn refuses_a_directory_of_another_server_or_client() {
         }
         other => panic!("{other:?}"),
     }
-    let other_server = StoreIdentity::new("mqtts://elsewhere:8883", "client-a").unwrap();
+    let other_server = StoreIdentity::new("mqtts://elsewhere", "client-a").unwrap();
     let err = FileStore::open(tmp.path(), other_server).await.unwrap_err();
     assert!(matches!(err, Error::IdentityMismatch { .. }), "{err}");
     assert!(err.to_string().contains("elsewhere"));

@@ -18,7 +18,7 @@ const WRITERS: u16 = 8;
 const IDS_PER_WRITER: u16 = 8000;
 
 fn ident() -> StoreIdentity {
-    StoreIdentity::new("mqtt://kill:1883", "kill-test").unwrap()
+    StoreIdentity::new("mqtt://kill", "kill-test").unwrap()
 }
 
 fn value(id: u16) -> Bytes {

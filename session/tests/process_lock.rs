@@ -12,7 +12,7 @@ use paho_session::{Error, FileStore, StoreIdentity};
 const ENV: &str = "PAHO_SESSION_LOCK_CHILD";
 
 fn ident() -> StoreIdentity {
-    StoreIdentity::new("mqtt://lock:1883", "lock-test").unwrap()
+    StoreIdentity::new("mqtt://lock", "lock-test").unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -80,7 +80,7 @@ fn a_failed_open_releases_the_lock_before_answering() {
     let rt = runtime();
     rt.block_on(async {
         FileStore::open(&dir, ident()).await.unwrap().close().await;
-        let other = StoreIdentity::new("mqtt://lock:1883", "someone-else").unwrap();
+        let other = StoreIdentity::new("mqtt://lock", "someone-else").unwrap();
         for _ in 0..200 {
             let err = FileStore::open(&dir, other.clone()).await.unwrap_err();
             assert!(matches!(err, Error::IdentityMismatch { .. }), "{err}");

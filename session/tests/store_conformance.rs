@@ -59,7 +59,7 @@ async fn memory() -> Mem {
 
 async fn file() -> File {
     let dir = tempfile::tempdir().unwrap();
-    let ident = StoreIdentity::new("mqtt://test:1883", "conformance").unwrap();
+    let ident = StoreIdentity::new("mqtt://test", "conformance").unwrap();
     File(
         FileStore::open(dir.path().join("s"), ident).await.unwrap(),
         dir,

@@ -15,7 +15,7 @@ use crate::store::{EntryKind, Key, MemoryStore, Store};
 use crate::Error;
 
 fn ident() -> StoreIdentity {
-    StoreIdentity::new("mqtt://crash:1883", "crash-test").unwrap()
+    StoreIdentity::new("mqtt://crash", "crash-test").unwrap()
 }
 
 /// A registry key unique to each open, so images of one disk can be opened one after another.
