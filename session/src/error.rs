@@ -55,6 +55,22 @@ pub enum Error {
     /// everything until it is reopened (which replays what really reached the disk).
     #[error("the session store failed earlier and must be reopened")]
     StoreFailed,
+    /// The operation may or may not have taken effect, and nobody can tell until the store is
+    /// reopened: it failed after it reached the store (for example an fsync failed and cutting
+    /// the batch back out of the log failed too), or, for a publish, its message was already
+    /// in the session store when the store or the session failed.
+    ///
+    /// **Do not publish such a message again.** It is (or may be) durable, and it is resent
+    /// when the session is reopened from the store; a second copy would be delivered as well,
+    /// which breaks QoS 2. Every other error of a publish means "not done": the message was
+    /// not stored, and publishing it again is safe. [`Error::is_outcome_unknown`] tells the
+    /// two apart.
+    #[error("outcome unknown, the operation may have taken effect: {cause}")]
+    OutcomeUnknown {
+        /// What went wrong.
+        #[source]
+        cause: Arc<Error>,
+    },
     /// The store's background writer has stopped (the store was dropped or its thread died).
     #[error("the session store is closed")]
     StoreClosed,
@@ -155,6 +171,24 @@ impl Error {
             context,
             source: Arc::new(source),
         }
+    }
+
+    /// An [`Error::OutcomeUnknown`] wrapping `cause` (unless it already is one).
+    pub fn outcome_unknown(cause: Error) -> Self {
+        match cause {
+            e @ Error::OutcomeUnknown { .. } => e,
+            cause => Error::OutcomeUnknown {
+                cause: Arc::new(cause),
+            },
+        }
+    }
+
+    /// Whether the operation that failed may still have taken effect
+    /// ([`Error::OutcomeUnknown`]): for a publish, the message is (or may be) in the session
+    /// store and is sent again when the session is reopened, so publishing it again would
+    /// duplicate it. `false` means "not done": nothing was stored, and retrying is safe.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
     }
 
     /// The MQTT reason code this error corresponds to, if there is one (for example the
