@@ -96,14 +96,24 @@ pub enum Error {
     #[error("all 65,535 packet identifiers are in use")]
     PacketIdsExhausted,
     /// The server answered CONNACK with Session Present = 0, so it no longer holds the
-    /// exchange this handle was waiting for. The message may or may not have been delivered;
-    /// republish it if it must arrive.
+    /// exchange this handle was waiting for, and the session's
+    /// [`SessionLostPolicy`](crate::SessionLostPolicy) is `Fail` (the default republishes
+    /// instead). The message may or may not have been delivered, and the store no longer
+    /// holds it; it is given back here: publish it again if it must arrive.
     #[error("the server discarded the session (Session Present = 0); the exchange was abandoned")]
-    SessionLost,
+    SessionLost {
+        /// The message (full topic, no packet id).
+        message: Box<paho_packets::Publish>,
+    },
     /// The session expired (its Session Expiry Interval passed while offline, or it was 0 and
-    /// the link dropped), so it was cleared locally.
+    /// the link dropped), so it was cleared locally under
+    /// [`SessionLostPolicy::Fail`](crate::SessionLostPolicy::Fail). As
+    /// [`Error::SessionLost`], the message is given back.
     #[error("the session expired and was cleared")]
-    SessionExpired,
+    SessionExpired {
+        /// The message (full topic, no packet id).
+        message: Box<paho_packets::Publish>,
+    },
     /// The connection closed before the server answered a SUBSCRIBE or UNSUBSCRIBE (these,
     /// unlike PUBLISH and PUBREL, are not resent on the next connection).
     #[error("the connection closed before the server answered")]
@@ -189,6 +199,14 @@ impl Error {
     /// duplicate it. `false` means "not done": nothing was stored, and retrying is safe.
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, Error::OutcomeUnknown { .. })
+    }
+
+    /// The message a publish gave back ([`Error::SessionLost`], [`Error::SessionExpired`]).
+    pub fn message(&self) -> Option<&paho_packets::Publish> {
+        match self {
+            Error::SessionLost { message } | Error::SessionExpired { message } => Some(message),
+            _ => None,
+        }
     }
 
     /// The MQTT reason code this error corresponds to, if there is one (for example the

@@ -35,7 +35,9 @@
 //!   the wire, a PUBREL replaces its PUBLISH before it is sent, and an inbound QoS 2 marker is
 //!   durable before PUBREC. Store operations are enqueued when applied, so a driver may apply
 //!   several in a row and await them together to share one fsync. If one fails, the driver
-//!   closes the connection and calls [`Session::fail_all`]; the store must be reopened.
+//!   closes the connection, waits for the rest, and calls [`Session::on_store_failed`] with
+//!   the outbound ids whose Put failed ("not stored"); every other exchange's handle hears
+//!   [`Error::OutcomeUnknown`]. The store must be reopened.
 //! - [`Action::Send`]: write the packet. PUBLISHes carry their full topic; the driver may apply
 //!   a per-connection topic alias as it writes. The engine has already checked every PUBLISH
 //!   against the server's Maximum Packet Size, Maximum QoS and Retain Available from CONNACK
@@ -44,6 +46,8 @@
 //! - [`Action::Deliver`]: hand the message to the application (resolve inbound topic aliases
 //!   *before* feeding a PUBLISH to the session). QoS 1/2 deliveries carry an [`AckToken`];
 //!   PUBACK/PUBREC go out in arrival order whatever the order of [`Session::ack`] calls.
+//! - [`Action::Abandoned`]: a restored message given up under [`SessionLostPolicy::Fail`];
+//!   hand it to the application.
 //!
 //! Time is an argument ([`std::time::Instant`]), so tests drive the engine with a virtual
 //! clock and the driver can pass tokio's (possibly paused) clock.
@@ -96,9 +100,19 @@
 //! # Guarantees and their limits
 //!
 //! - A [`Completion`] survives reconnects and resolves with the PUBACK/PUBCOMP (or failed
-//!   PUBREC), or with [`Error::SessionLost`] (Session Present = 0), [`Error::SessionExpired`],
-//!   or [`Error::SessionClosed`] (session dropped). Dropping it never withdraws a stored
-//!   message.
+//!   PUBREC), or with an error of one of two classes. **Not done** (publishing again is
+//!   safe): the message never reached the store, for example [`Error::SessionClosed`] for one
+//!   still waiting for quota when the session was dropped, or the store's error for one
+//!   whose write failed. **Stored, outcome unknown** ([`Error::OutcomeUnknown`], tested by
+//!   [`Error::is_outcome_unknown`]): the message is in the store (or was sent) and the
+//!   session can no longer finish it here; it is resent when the session is reopened from a
+//!   durable store, so publishing it again would duplicate it. Dropping a completion never
+//!   withdraws a stored message.
+//! - When the server forgets the session (Session Present = 0) or it expires, the
+//!   [`SessionLostPolicy`] decides: republish every unfinished exchange as a new one (the
+//!   default; at QoS 2 a message the broker had already released can then arrive twice), or
+//!   hand them back ([`Error::SessionLost`] / [`Error::SessionExpired`] carrying the message,
+//!   [`Action::Abandoned`] for restored ones). Nothing is dropped in silence.
 //! - Exchanges restored from a store have no completion handle (their caller was in another
 //!   process); they are resent and completed all the same.
 //! - The time the link dropped is kept in memory only: after a restart the server's Session
@@ -116,7 +130,7 @@ pub mod store;
 
 pub use engine::{
     AckToken, Action, Completion, Delivery, PacketIds, PublishCompletion, PublishOutcome, Session,
-    SessionConfig, StoreOp, SubscribeCompletion, UnsubscribeCompletion,
+    SessionConfig, SessionLostPolicy, StoreOp, SubscribeCompletion, UnsubscribeCompletion,
 };
 pub use error::Error;
 pub use store::file::{FileStore, FileStoreOptions, StoreIdentity, StoreStats};

@@ -16,7 +16,7 @@ use paho_packets::{
 };
 use paho_session::{
     Action, Delivery, EntryKind, Error, FileStore, Key, MemoryStore, PublishOutcome, Session,
-    SessionConfig, Store, StoreIdentity,
+    SessionConfig, SessionLostPolicy, Store, StoreIdentity,
 };
 
 fn pid(n: u16) -> PacketId {
@@ -60,6 +60,7 @@ struct Harness<S: Store> {
     now: Instant,
     wire: VecDeque<Packet>,
     delivered: Vec<Delivery>,
+    abandoned: Vec<Publish>,
 }
 
 impl<S: Store> Harness<S> {
@@ -70,6 +71,7 @@ impl<S: Store> Harness<S> {
             now: Instant::now(),
             wire: VecDeque::new(),
             delivered: Vec::new(),
+            abandoned: Vec::new(),
         }
     }
 
@@ -80,6 +82,7 @@ impl<S: Store> Harness<S> {
                 Action::Store(op) => op.apply(&self.store).await.unwrap(),
                 Action::Send(p) => self.wire.push_back(p),
                 Action::Deliver(d) => self.delivered.push(d),
+                Action::Abandoned(p) => self.abandoned.push(p),
                 other => panic!("unexpected action {other:?}"),
             }
         }
@@ -147,6 +150,18 @@ impl<S: Store> Harness<S> {
 fn memory_harness(expiry: u32) -> Harness<MemoryStore> {
     Harness::new(
         Session::new(SessionConfig::new().session_expiry_interval(expiry)),
+        MemoryStore::new(),
+    )
+}
+
+/// A harness whose session hands exchanges back when the session is lost.
+fn failing_harness(expiry: u32) -> Harness<MemoryStore> {
+    Harness::new(
+        Session::new(
+            SessionConfig::new()
+                .session_expiry_interval(expiry)
+                .on_session_lost(SessionLostPolicy::Fail),
+        ),
         MemoryStore::new(),
     )
 }
@@ -277,7 +292,7 @@ async fn resend_keeps_original_order_across_kinds() {
 
 #[tokio::test]
 async fn session_present_0_fails_waiters_clears_store_and_keeps_unsent() {
-    let mut h = memory_harness(HOUR);
+    let mut h = failing_harness(HOUR);
     h.connect(false, Some(2)).await;
     let a = h.publish(msg(QoS::AtLeastOnce, "t", "a")).await;
     let b = h.publish(msg(QoS::ExactlyOnce, "t", "b")).await;
@@ -285,8 +300,14 @@ async fn session_present_0_fails_waiters_clears_store_and_keeps_unsent() {
     assert_eq!(h.sent_publishes().len(), 2);
     h.drop_link().await;
     h.connect(false, Some(2)).await; // the server lost the session
-    assert!(matches!(a.await, Err(Error::SessionLost)));
-    assert!(matches!(b.await, Err(Error::SessionLost)));
+                                     // The messages come back with the errors, for the application to decide.
+    let a = a.await.unwrap_err();
+    assert!(matches!(a, Error::SessionLost { .. }));
+    assert!(!a.is_outcome_unknown());
+    assert_eq!(a.message().unwrap().payload, Bytes::from_static(b"a"));
+    assert_eq!(a.message().unwrap().packet_id, None);
+    let b = b.await.unwrap_err();
+    assert_eq!(b.message().unwrap().payload, Bytes::from_static(b"b"));
     // The never-sent publish goes out now, as a new exchange.
     let sent = h.sent_publishes();
     assert_eq!(sent.len(), 1);
@@ -820,14 +841,14 @@ async fn corrupt_file_store_bytes_are_quarantined_and_the_session_still_loads() 
 
 #[tokio::test]
 async fn expiry_elapsed_while_offline_starts_clean_and_fails_waiters() {
-    let mut h = memory_harness(60);
+    let mut h = failing_harness(60);
     h.connect(false, None).await;
     let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
     h.feed(incoming(QoS::ExactlyOnce, 5, "in")).await;
     h.drop_link().await;
     h.advance(Duration::from_secs(61));
     assert!(h.connect(false, None).await, "expired: clean start");
-    assert!(matches!(done.await, Err(Error::SessionExpired)));
+    assert!(matches!(done.await, Err(Error::SessionExpired { .. })));
     assert!(h.stored().await.is_empty());
     assert!(h.take_wire().is_empty(), "nothing resent");
     assert_eq!(h.session.inbound_pending(), 0);
@@ -847,17 +868,17 @@ async fn expiry_not_yet_elapsed_keeps_the_session() {
 
 #[tokio::test]
 async fn expiry_interval_zero_clears_on_loss() {
-    let mut h = memory_harness(0);
+    let mut h = failing_harness(0);
     h.connect(false, None).await;
     let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
     h.drop_link().await;
-    assert!(matches!(done.await, Err(Error::SessionExpired)));
+    assert!(matches!(done.await, Err(Error::SessionExpired { .. })));
     assert!(h.stored().await.is_empty());
 }
 
 #[tokio::test]
 async fn server_session_expiry_from_connack_wins() {
-    let mut h = memory_harness(HOUR);
+    let mut h = failing_harness(HOUR);
     let clean = h.session.begin_connect(false, h.now);
     assert!(!clean);
     let mut connack = ConnAck::default();
@@ -867,7 +888,7 @@ async fn server_session_expiry_from_connack_wins() {
     h.drop_link().await;
     h.advance(Duration::from_secs(11));
     assert!(h.connect(false, None).await);
-    assert!(matches!(done.await, Err(Error::SessionExpired)));
+    assert!(matches!(done.await, Err(Error::SessionExpired { .. })));
 }
 
 // ----- protocol checks -------------------------------------------------------------------
@@ -896,7 +917,7 @@ async fn refused_connack_and_impossible_session_present_are_typed_errors() {
 
 #[tokio::test]
 async fn failed_reconnect_attempts_do_not_restart_the_expiry_clock() {
-    let mut h = memory_harness(60);
+    let mut h = failing_harness(60);
     h.connect(false, None).await;
     let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
     h.drop_link().await;
@@ -908,7 +929,7 @@ async fn failed_reconnect_attempts_do_not_restart_the_expiry_clock() {
     h.advance(Duration::from_secs(25));
     // 75 s after the link dropped: expired, even though the last attempt was just now.
     assert!(h.connect(false, None).await);
-    assert!(matches!(done.await, Err(Error::SessionExpired)));
+    assert!(matches!(done.await, Err(Error::SessionExpired { .. })));
 }
 
 #[tokio::test]
@@ -1120,4 +1141,208 @@ async fn inbound_qos2_delivered_but_not_acked_when_the_link_drops_is_not_deliver
     h.feed(PubRel::new(pid(5))).await;
     assert_eq!(h.take_wire(), vec![Packet::PubComp(PubComp::new(pid(5)))]);
     assert!(h.stored().await.is_empty());
+}
+
+// ----- the session-lost policy -----------------------------------------------------------
+
+/// What the wire carried, as (payload or "PUBREL", dup).
+fn wire_summary(wire: Vec<Packet>) -> Vec<(String, bool)> {
+    wire.into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (String::from_utf8(p.payload.to_vec()).unwrap(), p.dup),
+            Packet::PubRel(_) => ("PUBREL".to_owned(), false),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn session_present_0_republishes_every_unfinished_exchange_in_order_as_new() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(3)).await;
+    let a = h.publish(msg(QoS::AtLeastOnce, "t", "a")).await; // awaits PUBACK
+    let b = h.publish(msg(QoS::ExactlyOnce, "t", "b")).await; // awaits PUBREC
+    let c = h.publish(msg(QoS::ExactlyOnce, "t", "c")).await; // will await PUBCOMP
+    let d = h.publish(msg(QoS::AtLeastOnce, "t", "d")).await; // waits for quota
+    let sent = h.sent_publishes();
+    assert_eq!(sent.len(), 3);
+    h.feed(PubRec::new(sent[2].packet_id.unwrap())).await;
+    h.take_wire();
+    // An inbound QoS 2 message the server will forget with its session.
+    h.feed(incoming(QoS::ExactlyOnce, 7, "in")).await;
+    h.session.ack(h.delivered[0].ack_token().unwrap()).unwrap();
+    h.drive().await;
+    h.take_wire();
+    h.drop_link().await;
+
+    h.connect(false, Some(10)).await; // the server lost the session
+    let wire = h.take_wire();
+    assert_eq!(
+        wire_summary(wire.clone()),
+        vec![
+            ("a".to_owned(), false),
+            ("b".to_owned(), false),
+            // At PUBREL before: the broker may never have released it, so it goes again.
+            ("c".to_owned(), false),
+            ("d".to_owned(), false),
+        ]
+    );
+    // The PUBREL stage went back to "PUBLISH stored", so a crash now republishes it again.
+    let kinds: Vec<EntryKind> = h.stored().await.into_iter().map(|(_, k)| k).collect();
+    assert_eq!(kinds, vec![EntryKind::Publish; 4]);
+    // The forgotten inbound marker is gone: the same id is a new message now.
+    h.feed(incoming(QoS::ExactlyOnce, 7, "new")).await;
+    assert_eq!(h.delivered.len(), 2);
+
+    // The original handles finish with the new exchanges.
+    for p in wire {
+        let Packet::Publish(p) = p else {
+            unreachable!()
+        };
+        let id = p.packet_id.unwrap();
+        if p.qos == QoS::AtLeastOnce {
+            h.feed(puback(id)).await;
+        } else {
+            h.feed(PubRec::new(id)).await;
+            h.feed(PubComp::new(id)).await;
+        }
+    }
+    for done in [a, b, c, d] {
+        assert!(done.await.unwrap().is_success());
+    }
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_that_meets_session_present_0_republishes_what_was_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = || SessionConfig::new().session_expiry_interval(HOUR);
+    {
+        let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+        let session = Session::restore_from(config(), &store).await.unwrap();
+        let mut h = Harness::new(session, store);
+        h.connect(false, None).await;
+        drop(h.publish(msg(QoS::AtLeastOnce, "t", "one")).await);
+        drop(h.publish(msg(QoS::ExactlyOnce, "t", "two")).await);
+        drop(h.publish(msg(QoS::ExactlyOnce, "t", "three")).await);
+        let sent = h.sent_publishes();
+        h.feed(PubRec::new(sent[2].packet_id.unwrap())).await; // "three" at PUBREL
+        h.store.close().await; // the process dies
+    }
+    let store = FileStore::open(tmp.path(), ident()).await.unwrap();
+    let session = Session::restore_from(config(), &store).await.unwrap();
+    let mut h = Harness::new(session, store);
+    h.connect(false, None).await; // a broker without persistence: Session Present = 0
+    assert_eq!(
+        wire_summary(h.take_wire()),
+        vec![
+            ("one".to_owned(), false),
+            ("two".to_owned(), false),
+            ("three".to_owned(), false)
+        ]
+    );
+    assert!(h.abandoned.is_empty());
+    h.store.close().await;
+}
+
+#[tokio::test]
+async fn under_fail_restored_exchanges_are_handed_to_the_application() {
+    let store = MemoryStore::new();
+    let fail = || {
+        SessionConfig::new()
+            .session_expiry_interval(HOUR)
+            .on_session_lost(SessionLostPolicy::Fail)
+    };
+    let mut h = Harness::new(Session::new(fail()), store.clone());
+    h.connect(false, None).await;
+    drop(h.publish(msg(QoS::AtLeastOnce, "t", "one")).await);
+    drop(h.publish(msg(QoS::ExactlyOnce, "t", "two")).await);
+    let sent = h.sent_publishes();
+    h.feed(PubRec::new(sent[1].packet_id.unwrap())).await; // "two" at PUBREL
+    let restored = Session::restore(fail(), store.list().await.unwrap());
+    let mut h = Harness::new(restored, store);
+    h.connect(false, None).await; // Session Present = 0
+    assert!(h.take_wire().is_empty(), "nothing republished under Fail");
+    let back: Vec<(Bytes, Option<PacketId>)> = h
+        .abandoned
+        .iter()
+        .map(|p| (p.payload.clone(), p.packet_id))
+        .collect();
+    assert_eq!(
+        back,
+        vec![
+            (Bytes::from_static(b"one"), None),
+            (Bytes::from_static(b"two"), None)
+        ]
+    );
+    assert!(h.stored().await.is_empty());
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+}
+
+#[tokio::test]
+async fn expiry_zero_under_republish_keeps_the_messages_for_the_next_connection() {
+    let mut h = memory_harness(0);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::ExactlyOnce, "e", "x")).await;
+    h.take_wire();
+    h.drop_link().await; // the session ends with the link
+    assert_eq!(h.stored().await.len(), 1, "still stored");
+    assert!(h.connect(false, None).await, "a clean start");
+    let sent = h.sent_publishes();
+    assert_eq!(sent.len(), 1);
+    assert!(!sent[0].dup, "a new exchange on a new session");
+    let id = sent[0].packet_id.unwrap();
+    h.feed(PubRec::new(id)).await;
+    h.feed(PubComp::new(id)).await;
+    assert!(done.await.unwrap().is_success());
+}
+
+// ----- the two classes of error ------------------------------------------------------------
+
+#[tokio::test]
+async fn a_store_failure_tells_stored_exchanges_from_unstored_ones() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(2)).await;
+    let stored = h.publish(msg(QoS::AtLeastOnce, "t", "stored")).await;
+    let failed_put = h.publish(msg(QoS::ExactlyOnce, "t", "put failed")).await;
+    let waiting = h.publish(msg(QoS::AtLeastOnce, "t", "waiting")).await;
+    let ids: Vec<PacketId> = h
+        .sent_publishes()
+        .iter()
+        .map(|p| p.packet_id.unwrap())
+        .collect();
+    // The driver saw the second Put fail with a "not done" error.
+    let cause = Error::StoreFailed;
+    h.session.on_store_failed(cause, [ids[1]]);
+    let e = stored.await.unwrap_err();
+    assert!(e.is_outcome_unknown(), "stored before: {e}");
+    let e = failed_put.await.unwrap_err();
+    assert!(!e.is_outcome_unknown(), "its put failed: {e}");
+    assert!(matches!(e, Error::StoreFailed));
+    let e = waiting.await.unwrap_err();
+    assert!(!e.is_outcome_unknown(), "never stored: {e}");
+}
+
+#[tokio::test]
+async fn an_exchange_of_an_earlier_connection_counts_as_stored_whatever_the_driver_says() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let done = h.publish(msg(QoS::AtLeastOnce, "t", "x")).await;
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.drop_link().await;
+    h.connect(true, None).await; // resent: a new Put would not be its first
+    h.session.on_store_failed(Error::StoreFailed, [id]);
+    assert!(done.await.unwrap_err().is_outcome_unknown());
+}
+
+#[tokio::test]
+async fn dropping_the_session_says_outcome_unknown_for_stored_and_closed_for_waiting() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(1)).await;
+    let stored = h.publish(msg(QoS::AtLeastOnce, "t", "stored")).await;
+    let waiting = h.publish(msg(QoS::AtLeastOnce, "t", "waiting")).await;
+    drop(h);
+    assert!(stored.await.unwrap_err().is_outcome_unknown());
+    let e = waiting.await.unwrap_err();
+    assert!(matches!(e, Error::SessionClosed), "{e}");
 }

@@ -23,6 +23,12 @@ pub enum Action {
     Send(Packet),
     /// Hand this message to the application.
     Deliver(Delivery),
+    /// A message the session gave up on that no caller waits for: an exchange restored from
+    /// the store (its caller belonged to an earlier process) when the session was lost under
+    /// [`SessionLostPolicy::Fail`](crate::SessionLostPolicy::Fail). The store no longer holds
+    /// it; the driver hands it to the application, which decides whether to publish it again.
+    /// It carries its full topic, no packet id and DUP 0.
+    Abandoned(Publish),
 }
 
 /// A store operation requested by the engine.

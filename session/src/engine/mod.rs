@@ -30,6 +30,35 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionConfig {
     session_expiry_interval: u32,
+    on_session_lost: SessionLostPolicy,
+}
+
+/// What the session does with its unfinished outgoing exchanges when the server has forgotten
+/// the session (CONNACK with Session Present = 0: a broker restarted without persistence, a
+/// session that expired on the server, a first connection after a restart with Session Expiry
+/// 0) or when it expired locally.
+///
+/// Nothing the client accepted is dropped in silence under either policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionLostPolicy {
+    /// Send every unfinished outgoing exchange again as a new one (DUP 0), in its original
+    /// order: those awaiting PUBACK, PUBREC *and* PUBCOMP (a broker may release a QoS 2
+    /// message to subscribers only at PUBREL, as mosquitto does, so one lost at that stage may
+    /// never have reached anyone). Exchanges restored from a store after a restart are
+    /// republished too. Their completion handles stay pending and resolve with the new
+    /// exchange's acknowledgement.
+    ///
+    /// At QoS 1 nothing is lost. At QoS 2 a message that the broker had already released to
+    /// subscribers before it lost its state can arrive twice: the broker no longer knows the
+    /// packet id, so no client can tell a duplicate apart then.
+    #[default]
+    Republish,
+    /// Give up on the unfinished exchanges and hand them back: a live completion fails with
+    /// [`Error::SessionLost`] (or [`Error::SessionExpired`]) carrying the message, and an
+    /// exchange restored from the store (whose caller belonged to an earlier process) comes
+    /// out as [`Action::Abandoned`] for the driver to pass to the application.
+    Fail,
 }
 
 impl SessionConfig {
@@ -44,6 +73,13 @@ impl SessionConfig {
         self.session_expiry_interval = secs;
         self
     }
+
+    /// What to do with unfinished outgoing exchanges when the session is lost (default:
+    /// [`SessionLostPolicy::Republish`]).
+    pub fn on_session_lost(mut self, policy: SessionLostPolicy) -> Self {
+        self.on_session_lost = policy;
+        self
+    }
 }
 
 /// Where an outgoing QoS 1/2 publish is in its exchange: which acknowledgement it awaits.
@@ -53,8 +89,10 @@ enum OutState {
     Puback(Publish),
     /// QoS 2, PUBLISH stored, awaiting PUBREC.
     Pubrec(Publish),
-    /// QoS 2, PUBREL stored, awaiting PUBCOMP.
-    Pubcomp,
+    /// QoS 2, PUBREL stored (with the message, so that it can be republished if the server
+    /// forgets the session), awaiting PUBCOMP. `None` only for an entry restored from a store
+    /// written before the message was kept with the PUBREL.
+    Pubcomp(Option<Publish>),
 }
 
 #[derive(Debug)]
@@ -63,6 +101,14 @@ struct Outbound {
     state: OutState,
     /// Whether it was sent on the current connection and so uses one unit of send quota.
     counted: bool,
+    /// Whether the server has never seen it in its current session: the next send is a first
+    /// send (DUP 0). Set when a lost session is republished.
+    fresh: bool,
+    /// Whether its first [`StoreOp::Put`] is known to have completed: true for exchanges
+    /// restored from a store and for those of an earlier connection (a driver finishes its
+    /// store operations before the next connection begins); false for one stored on this
+    /// connection. Decides which error a store failure gives its handle.
+    stored: bool,
     /// `None` for exchanges restored from a store (their caller belonged to another process).
     completer: Option<Completer<PublishOutcome>>,
 }
@@ -71,6 +117,25 @@ struct Outbound {
 struct Waiting {
     publish: Publish,
     completer: Completer<PublishOutcome>,
+}
+
+/// Why a session is being given up.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    /// CONNACK said Session Present = 0.
+    ServerForgot,
+    /// Its Session Expiry Interval passed (or was 0) after the link dropped.
+    Expired,
+}
+
+impl Loss {
+    fn error(self, message: Publish) -> Error {
+        let message = Box::new(message);
+        match self {
+            Loss::ServerForgot => Error::SessionLost { message },
+            Loss::Expired => Error::SessionExpired { message },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +165,7 @@ enum Link {
 #[derive(Debug)]
 pub struct Session {
     expiry: u32,
+    lost_policy: SessionLostPolicy,
     link: Link,
     /// When the last established connection dropped; `None` while connected, before the first
     /// connection, and after a restart (the server's Session Present decides then). Failed
@@ -185,6 +251,7 @@ impl Session {
     pub fn new(config: SessionConfig) -> Self {
         Session {
             expiry: config.session_expiry_interval,
+            lost_policy: config.on_session_lost,
             link: Link::Down,
             lost_at: None,
             ids: PacketIds::new(),
@@ -259,8 +326,20 @@ impl Session {
                 };
                 self.insert_outbound(id, state, None);
             }
+            (Key::Outbound(_), EntryKind::PubRel, Packet::Publish(p)) => {
+                // The PUBREL stage keeps its message (see `on_pubrec`).
+                if p.packet_id != Some(id) || p.qos != QoS::ExactlyOnce {
+                    return Err("stored PUBREL's message has another packet id or QoS");
+                }
+                if p.topic.is_empty() || p.properties.topic_alias.is_some() {
+                    return Err("stored PUBLISH lacks its topic name or carries a topic alias");
+                }
+                self.insert_outbound(id, OutState::Pubcomp(Some(p)), None);
+            }
             (Key::Outbound(_), EntryKind::PubRel, Packet::PubRel(p)) if p.packet_id == id => {
-                self.insert_outbound(id, OutState::Pubcomp, None);
+                // Written by a version that stored the bare PUBREL: it can be completed, but
+                // not republished if the server has forgotten the session.
+                self.insert_outbound(id, OutState::Pubcomp(None), None);
             }
             (Key::Inbound(_), EntryKind::PubRec, Packet::PubRec(p)) if p.packet_id == id => {
                 self.inbound.insert(id, inbound::State::Recorded);
@@ -286,6 +365,9 @@ impl Session {
                 order,
                 state,
                 counted: false,
+                fresh: false,
+                // A restored exchange is in the store; a live one has just had its Put issued.
+                stored: completer.is_none(),
                 completer,
             },
         );
@@ -295,12 +377,20 @@ impl Session {
 
     /// Call before sending CONNECT. Returns the Clean Start flag to send: `clean_start`, or
     /// `true` if the session expired while offline (its Session Expiry Interval passed since
-    /// the link dropped), in which case local state is cleared first (store reset queued,
-    /// waiting handles failed with [`Error::SessionExpired`]).
+    /// the link dropped), in which case the [`SessionLostPolicy`] is applied first
+    /// (republish: the unfinished exchanges go out again as new ones after CONNACK; fail:
+    /// handles fail with [`Error::SessionExpired`], store reset queued).
+    ///
+    /// The driver must have carried out every store operation of the previous connection
+    /// before it calls this: exchanges from then on count as stored (see
+    /// [`on_store_failed`](Session::on_store_failed)).
     pub fn begin_connect(&mut self, clean_start: bool, now: Instant) -> bool {
         if self.link == Link::Up {
             // The driver did not report the old connection's end; it has ended now.
             self.on_connection_lost(now);
+        }
+        for out in self.outbound.values_mut() {
+            out.stored = true;
         }
         let mut clean = clean_start;
         if let Some(lost) = self.lost_at {
@@ -308,7 +398,7 @@ impl Session {
                 && now.saturating_duration_since(lost) >= Duration::from_secs(self.expiry.into());
             if expired {
                 tracing::debug!("session expired while offline; starting clean");
-                self.clear(|| Error::SessionExpired);
+                self.lose_session(Loss::Expired);
                 clean = true;
             }
         }
@@ -321,9 +411,12 @@ impl Session {
     /// On success this takes the send quota from Receive Maximum (default 65,535) and the
     /// Session Expiry Interval if the server set one. With Session Present = 1 it resends every
     /// unfinished exchange in its original order (PUBLISH with DUP set, as far as the quota
-    /// allows; PUBREL as PUBREL). With Session Present = 0 it clears the session: the store is
-    /// reset and every waiting handle fails with [`Error::SessionLost`]. Publishes that were
-    /// waiting for quota and never sent are kept and sent now.
+    /// allows; PUBREL as PUBREL). With Session Present = 0 it applies the
+    /// [`SessionLostPolicy`]: by default every unfinished exchange is sent again as a new one
+    /// (DUP 0, in order, within the quota) and inbound QoS 2 markers are dropped; with
+    /// [`SessionLostPolicy::Fail`] the store is reset and the exchanges are handed back
+    /// ([`Error::SessionLost`], [`Action::Abandoned`]). Publishes that were waiting for quota
+    /// and never sent are kept and sent after them.
     ///
     /// A CONNACK with a failure reason code leaves the session offline, untouched, and returns
     /// [`Error::ConnectionRefused`] with that code. Session Present = 1 in answer to Clean
@@ -365,15 +458,18 @@ impl Session {
         self.in_flight = 0;
         self.resend.clear();
         if !connack.session_present {
-            self.clear(|| Error::SessionLost);
-        } else {
+            self.lose_session(Loss::ServerForgot);
+        }
+        {
+            // Republished exchanges (Session Present = 0) go out like resent ones, in order,
+            // but as first sends: `fresh` clears DUP.
             let ids: Vec<PacketId> = self.order.values().copied().collect();
             for id in ids {
                 let Some(out) = self.outbound.get_mut(&id) else {
                     continue;
                 };
                 match out.state {
-                    OutState::Pubcomp => {
+                    OutState::Pubcomp(_) => {
                         // A PUBREL already counts against the quota (the server holds the
                         // message), and must be resent whatever the quota says.
                         out.counted = true;
@@ -449,33 +545,101 @@ impl Session {
             }
         }
         if self.expiry == 0 {
-            self.clear(|| Error::SessionExpired);
+            self.lose_session(Loss::Expired);
         }
     }
 
-    /// Drops all session state (store reset queued if there was any) and fails waiting handles.
-    fn clear(&mut self, error: impl Fn() -> Error) {
-        let had_state = !self.outbound.is_empty() || !self.inbound.is_empty();
-        if had_state {
-            tracing::info!(
-                unfinished = self.outbound.len(),
-                inbound = self.inbound.len(),
-                reason = %error(),
-                "session: state cleared"
-            );
+    /// The session is gone (the server forgot it, or it expired): applies the
+    /// [`SessionLostPolicy`] to the unfinished outgoing exchanges and drops inbound QoS 2
+    /// state (the server's side of it is gone, so a stale marker would swallow a new message
+    /// that reuses its packet id).
+    fn lose_session(&mut self, loss: Loss) {
+        if self.outbound.is_empty() && self.inbound.is_empty() {
+            return;
         }
-        for (id, out) in self.outbound.drain() {
-            self.ids.free(id);
-            if let Some(c) = out.completer {
-                c.complete(Err(error()));
+        tracing::info!(
+            unfinished = self.outbound.len(),
+            inbound = self.inbound.len(),
+            ?loss,
+            policy = ?self.lost_policy,
+            "session: lost"
+        );
+        self.resend.clear();
+        self.in_flight = 0;
+        match self.lost_policy {
+            SessionLostPolicy::Republish => {
+                // Nothing leaves the store here: every exchange keeps its entry (and packet
+                // id, which the server no longer knows) until its new exchange finishes, so a
+                // crash now loses nothing. Inbound markers are deleted one by one.
+                let ids: Vec<PacketId> = self.order.values().copied().collect();
+                for id in ids {
+                    let Some(out) = self.outbound.get_mut(&id) else {
+                        continue;
+                    };
+                    out.fresh = true;
+                    out.counted = false;
+                    let message = match &out.state {
+                        OutState::Puback(_) | OutState::Pubrec(_) => continue,
+                        OutState::Pubcomp(m) => m.clone(),
+                    };
+                    let Some(p) = message else {
+                        tracing::warn!(
+                            id = id.get(),
+                            "session: a QoS 2 exchange restored without its message cannot be \
+                             republished; dropped"
+                        );
+                        self.finish(id, Err(Error::SessionClosed));
+                        continue;
+                    };
+                    // Back to "PUBLISH stored": if the process dies before PUBREC, a restart
+                    // must republish it, not resend a PUBREL that the new server session would
+                    // answer with 0x92 (taken as success).
+                    match encode(&Packet::Publish(p.clone())) {
+                        Ok(value) => {
+                            out.state = OutState::Pubrec(p);
+                            self.actions.push_back(Action::Store(StoreOp::Put {
+                                key: Key::Outbound(id),
+                                kind: EntryKind::Publish,
+                                value,
+                            }));
+                        }
+                        Err(e) => self.finish(id, Err(e)),
+                    }
+                }
+            }
+            SessionLostPolicy::Fail => {
+                let ids: Vec<PacketId> = self.order.values().copied().collect();
+                for id in ids {
+                    let Some(out) = self.outbound.remove(&id) else {
+                        continue;
+                    };
+                    self.ids.free(id);
+                    let message = match out.state {
+                        OutState::Puback(p) | OutState::Pubrec(p) | OutState::Pubcomp(Some(p)) => {
+                            Some(given_back(p))
+                        }
+                        OutState::Pubcomp(None) => None,
+                    };
+                    match (out.completer, message) {
+                        (Some(c), Some(m)) => c.complete(Err(loss.error(m))),
+                        (Some(c), None) => c.complete(Err(Error::SessionClosed)),
+                        (None, Some(m)) => self.actions.push_back(Action::Abandoned(m)),
+                        (None, None) => tracing::warn!(
+                            id = id.get(),
+                            "session: a QoS 2 exchange restored without its message was abandoned"
+                        ),
+                    }
+                }
+                self.order.clear();
+                self.actions.push_back(Action::Store(StoreOp::Reset));
+                self.inbound.clear();
+                return;
             }
         }
-        self.order.clear();
-        self.resend.clear();
-        self.inbound.clear();
-        self.in_flight = 0;
-        if had_state {
-            self.actions.push_back(Action::Store(StoreOp::Reset));
+        let inbound: Vec<PacketId> = self.inbound.drain().map(|(id, _)| id).collect();
+        for id in inbound {
+            self.actions
+                .push_back(Action::Store(StoreOp::Delete(Key::Inbound(id))));
         }
     }
 
@@ -558,7 +722,8 @@ impl Session {
             return;
         }
         let mut p = p.clone();
-        p.dup = true;
+        p.dup = !out.fresh;
+        out.fresh = false;
         out.counted = true;
         self.in_flight += 1;
         self.actions.push_back(Action::Send(Packet::Publish(p)));
@@ -776,20 +941,31 @@ impl Session {
                     self.pump();
                     Ok(())
                 }
-                OutState::Pubrec(_) | OutState::Pubcomp => {
+                OutState::Pubcomp(_) => {
                     // A repeated PUBREC is answered with the PUBREL again (nothing to store).
-                    let fresh = matches!(out.state, OutState::Pubrec(_));
-                    out.state = OutState::Pubcomp;
-                    let pubrel = Packet::PubRel(PubRel::new(id));
-                    if fresh {
-                        let value = encode(&pubrel)?;
-                        self.actions.push_back(Action::Store(StoreOp::Put {
-                            key: Key::Outbound(id),
-                            kind: EntryKind::PubRel,
-                            value,
-                        }));
-                    }
-                    self.actions.push_back(Action::Send(pubrel));
+                    self.actions
+                        .push_back(Action::Send(Packet::PubRel(PubRel::new(id))));
+                    Ok(())
+                }
+                OutState::Pubrec(_) => {
+                    let OutState::Pubrec(p) =
+                        std::mem::replace(&mut out.state, OutState::Pubcomp(None))
+                    else {
+                        return Ok(());
+                    };
+                    // The PUBREL stage keeps the message in the store (the value is the
+                    // PUBLISH, the kind says PUBREL): if the server forgets the session before
+                    // PUBCOMP, it may never have released the message, and it must be
+                    // republished, even by a restarted process.
+                    let value = encode(&Packet::Publish(p.clone()))?;
+                    out.state = OutState::Pubcomp(Some(p));
+                    self.actions.push_back(Action::Store(StoreOp::Put {
+                        key: Key::Outbound(id),
+                        kind: EntryKind::PubRel,
+                        value,
+                    }));
+                    self.actions
+                        .push_back(Action::Send(Packet::PubRel(PubRel::new(id))));
                     Ok(())
                 }
                 OutState::Puback(_) => Err(protocol("PUBREC for a QoS 1 exchange")),
@@ -805,7 +981,7 @@ impl Session {
 
     fn on_pubcomp(&mut self, comp: PubComp) -> Result<(), Error> {
         match self.outbound.get(&comp.packet_id).map(|o| &o.state) {
-            Some(OutState::Pubcomp) => {
+            Some(OutState::Pubcomp(_)) => {
                 let id = comp.packet_id;
                 self.finish(id, Ok(PublishOutcome::PubComp(comp)));
                 self.pump();
@@ -935,13 +1111,44 @@ impl Session {
         self.actions.pop_front()
     }
 
-    /// Fails every waiting handle with `error` and forgets all in-memory state, without
-    /// touching the store. For a driver whose store failed: the store must be reopened and a
-    /// session [restored](Session::restore) from it.
-    pub fn fail_all(&mut self, error: Error) {
-        for (_, out) in self.outbound.drain() {
+    /// For a driver whose store failed: fails every waiting handle and forgets all in-memory
+    /// state, without touching the store, which must be reopened and a session
+    /// [restored](Session::restore) from it.
+    ///
+    /// The handles get one of the two classes of error:
+    ///
+    /// * **not stored** (`error` itself): publishes still waiting for quota, and those whose
+    ///   first [`StoreOp::Put`] the driver lists in `not_stored` (it was answered with an error
+    ///   that is not [`Error::OutcomeUnknown`]) or never carried out. Publishing them again is
+    ///   safe;
+    /// * **stored, outcome unknown** ([`Error::OutcomeUnknown`] wrapping `error`): every other
+    ///   unfinished exchange. It is in the store and is resent when the session is reopened;
+    ///   publishing it again would duplicate it.
+    pub fn on_store_failed(
+        &mut self,
+        error: Error,
+        not_stored: impl IntoIterator<Item = PacketId>,
+    ) {
+        let mut not_stored: std::collections::HashSet<PacketId> = not_stored.into_iter().collect();
+        // Puts the driver never got to are not stored either.
+        for a in &self.actions {
+            if let Action::Store(StoreOp::Put {
+                key: Key::Outbound(id),
+                kind: EntryKind::Publish,
+                ..
+            }) = a
+            {
+                not_stored.insert(*id);
+            }
+        }
+        for (id, out) in self.outbound.drain() {
             if let Some(c) = out.completer {
-                c.complete(Err(error.clone()));
+                let e = if !out.stored && not_stored.contains(&id) {
+                    error.clone()
+                } else {
+                    Error::outcome_unknown(error.clone())
+                };
+                c.complete(Err(e));
             }
         }
         for w in self.waiting.drain(..) {
@@ -1003,6 +1210,28 @@ impl Session {
     pub fn is_connected(&self) -> bool {
         self.link == Link::Up
     }
+}
+
+impl Drop for Session {
+    /// A session dropped with unfinished exchanges cannot finish them, but their messages
+    /// were sent or stored: their handles hear "outcome unknown" (a durable store resends
+    /// them when reopened), never a plain failure that would invite a second copy. Publishes
+    /// still waiting for quota were never stored and get [`Error::SessionClosed`].
+    fn drop(&mut self) {
+        for (_, out) in self.outbound.drain() {
+            if let Some(c) = out.completer {
+                c.complete(Err(Error::outcome_unknown(Error::SessionClosed)));
+            }
+        }
+    }
+}
+
+/// A message handed back to the application: the packet id and DUP flag belong to the
+/// exchange that was given up.
+fn given_back(mut p: Publish) -> Publish {
+    p.packet_id = None;
+    p.dup = false;
+    p
 }
 
 fn protocol(what: &'static str) -> Error {
