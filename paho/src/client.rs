@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::capabilities::ServerCapabilities;
 use crate::driver::Driver;
-use crate::message::Incoming;
+use crate::message::{Backlog, Incoming};
 use crate::options::ConnectOptions;
 use crate::session_handle::{SessionHandle, SessionState};
 use crate::Error;
@@ -87,6 +87,10 @@ pub(crate) struct Shared {
     pub(crate) keep_alive: u16,
     pub(crate) session_expiry: u32,
     pub(crate) closed: watch::Receiver<Option<Result<(), Error>>>,
+    /// DISCONNECT requests: a channel of their own that the connection's task always reads,
+    /// even while it takes no other command because its socket is slow, so that
+    /// [`Client::disconnect`] cannot wait behind a stuck socket.
+    pub(crate) ctl: mpsc::UnboundedSender<Command>,
 }
 
 /// A handle to one MQTT v5 connection.
@@ -180,6 +184,7 @@ impl Client {
         });
         let (closed_tx, closed_rx) = watch::channel(None);
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (deliver_tx, deliver_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             connack: hs.connack,
@@ -188,13 +193,14 @@ impl Client {
             keep_alive,
             session_expiry: hs.session_expiry,
             closed: closed_rx,
+            ctl,
         });
-        let queued_qos0 = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backlog = Arc::new(Backlog::new(options.max_queued_bytes));
         let incoming = Incoming::new(
             deliver_rx,
             tx.downgrade(),
             options.manual_acks,
-            Arc::clone(&queued_qos0),
+            Arc::clone(&backlog),
         );
         let driver = Driver::new(
             state,
@@ -204,7 +210,8 @@ impl Client {
             rx,
             tx.downgrade(),
             deliver_tx,
-            queued_qos0,
+            backlog,
+            ctl_rx,
             closed_tx,
             &options,
             &shared,
@@ -380,7 +387,12 @@ impl Client {
     /// updates the session's; it may not be set to non-zero if CONNECT sent zero (MQTT-3.14.2-2).
     /// On a connection that has already closed this does nothing and returns `Ok`.
     ///
-    /// Unfinished QoS 1/2 publishes stay in the session for the next connection.
+    /// Unfinished QoS 1/2 publishes stay in the session for the next connection. Requests
+    /// made before this call (a QoS 0 publish, say) go out before the DISCONNECT.
+    ///
+    /// It returns promptly even when the socket is stuck (a server that stopped reading): the
+    /// request does not queue behind other commands, and writing what is buffered plus the
+    /// DISCONNECT is bounded by a 5 s timeout, after which the transport is closed anyway.
     ///
     /// # Cancel safety
     ///
@@ -395,7 +407,8 @@ impl Client {
         }
         let (reply, rx) = oneshot::channel();
         if self
-            .tx
+            .shared
+            .ctl
             .send(Command::Disconnect { disconnect, reply })
             .is_ok()
         {

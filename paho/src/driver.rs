@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,9 +13,9 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
 use paho_packets::{
     decode, Auth, AuthProperties, AuthReasonCode, Disconnect, DisconnectReasonCode, MqttString,
-    Packet, QoS, MAX_PACKET_SIZE,
+    Packet, PacketId, QoS, MAX_PACKET_SIZE,
 };
-use paho_session::{AckToken, Action, Delivery, PublishCompletion, Store};
+use paho_session::{AckToken, Action, Delivery, Key, PublishCompletion, Store, StoreOp};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedMutexGuard};
 use tokio::time::{Instant, Sleep};
@@ -25,13 +24,15 @@ use crate::alias;
 use crate::auth::Authenticator;
 use crate::client::{Command, Reply, Shared};
 use crate::keepalive::{Due, KeepAlive};
-use crate::message::Delivered;
+use crate::message::{Backlog, Delivered};
 use crate::options::ConnectOptions;
 use crate::session_handle::SessionState;
 use crate::Error;
 
 /// Stop taking new commands while this much is waiting to be written (the socket is slow).
 const WRITE_HIGH_WATER: usize = 1 << 20;
+/// A read buffer left larger than this by a large packet is replaced once empty.
+const READ_BUF_KEEP: usize = 1 << 20;
 /// How long the closing DISCONNECT may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands handled per wake-up before the socket gets a turn.
@@ -42,7 +43,22 @@ const MAX_UNACKNOWLEDGED: usize = u16::MAX as usize;
 /// The most a topic alias can add to an encoded PUBLISH.
 const ALIAS_OVERHEAD: u64 = 5;
 
-type StoreFuture = Pin<Box<dyn Future<Output = Result<(), paho_session::Error>> + Send>>;
+/// A store operation in progress, with the packet id of the outbound exchange it puts (so a
+/// failure can tell that exchange's caller "not stored" rather than "outcome unknown").
+type StoreFuture =
+    Pin<Box<dyn Future<Output = (Option<PacketId>, Result<(), paho_session::Error>)> + Send>>;
+
+fn store_future<S: Store>(op: StoreOp, store: &S) -> StoreFuture {
+    let put = match &op {
+        StoreOp::Put {
+            key: Key::Outbound(id),
+            ..
+        } => Some(*id),
+        _ => None,
+    };
+    let fut = op.apply(store);
+    Box::pin(async move { (put, fut.await) })
+}
 
 /// A send or delivery waiting for the store operations before it.
 enum Held {
@@ -57,11 +73,15 @@ enum Flow {
 }
 
 enum Event {
-    Stored(Option<Result<(), paho_session::Error>>),
+    Stored(Option<(Option<PacketId>, Result<(), paho_session::Error>)>),
     Wrote(std::io::Result<usize>),
     Flushed(std::io::Result<()>),
     Read(std::io::Result<usize>),
     Command(Option<Command>),
+    /// A request on the control channel (DISCONNECT); `None` once every handle is gone.
+    Control(Option<Command>),
+    /// The application took messages, so reading may resume.
+    Drained,
     Timer,
 }
 
@@ -79,16 +99,23 @@ pub(crate) struct Driver<T, S: Store> {
     qos0_waiters: VecDeque<(u64, Reply<Option<PublishCompletion>>)>,
     cmds: mpsc::UnboundedReceiver<Command>,
     weak_tx: mpsc::WeakUnboundedSender<Command>,
+    ctl: mpsc::UnboundedReceiver<Command>,
+    ctl_open: bool,
     deliver: Option<mpsc::UnboundedSender<Delivered>>,
-    /// QoS 0 messages queued for the application, and the bound.
-    queued_qos0: Arc<AtomicUsize>,
+    /// What waits for the application, and the QoS 0 count bound.
+    backlog: Arc<Backlog>,
     max_queued_qos0: usize,
+    dropped_qos0_bytes: u64,
     dropped_qos0: u64,
     /// Tokens to ack because nobody takes deliveries any more.
     orphan_acks: Vec<AckToken>,
     stores: FuturesOrdered<StoreFuture>,
     stores_started: u64,
     stores_done: u64,
+    /// The first store failure, and the outbound ids whose Put failed with an error that
+    /// means "not done".
+    store_failure: Option<paho_session::Error>,
+    not_stored: Vec<PacketId>,
     held: VecDeque<(u64, Held)>,
     keepalive: KeepAlive,
     timer: Pin<Box<Sleep>>,
@@ -120,7 +147,8 @@ where
         cmds: mpsc::UnboundedReceiver<Command>,
         weak_tx: mpsc::WeakUnboundedSender<Command>,
         deliver: mpsc::UnboundedSender<Delivered>,
-        queued_qos0: Arc<AtomicUsize>,
+        backlog: Arc<Backlog>,
+        ctl: mpsc::UnboundedReceiver<Command>,
         closed_tx: watch::Sender<Option<Result<(), Error>>>,
         o: &ConnectOptions,
         shared: &Shared,
@@ -142,14 +170,19 @@ where
             qos0_waiters: VecDeque::new(),
             cmds,
             weak_tx,
+            ctl,
+            ctl_open: true,
             deliver: Some(deliver),
-            queued_qos0,
+            backlog,
             max_queued_qos0: o.max_queued_qos0,
+            dropped_qos0_bytes: 0,
             dropped_qos0: 0,
             orphan_acks: Vec::new(),
             stores: FuturesOrdered::new(),
             stores_started: 0,
             stores_done: 0,
+            store_failure: None,
+            not_stored: Vec::new(),
             held: VecDeque::new(),
             keepalive: KeepAlive::new(shared.keep_alive, now),
             timer: Box::pin(tokio::time::sleep_until(now)),
@@ -188,10 +221,21 @@ where
                     self.timer.as_mut().reset(d);
                 }
             }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > READ_BUF_KEEP {
+                // A large packet grew it; a read must not take in that much again at once.
+                self.rbuf = BytesMut::with_capacity(16 * 1024);
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(16 * 1024);
             }
             let want_commands = self.wbuf.len() < WRITE_HIGH_WATER;
+            // A server that sends faster than it reads (every PUBREL, PUBREC or duplicate
+            // QoS 2 PUBLISH wants an answer) is held back by TCP: nothing more is read while
+            // the answers wait to be written. A slow application likewise (see
+            // `app_backlogged`).
+            let write_blocked = self.wbuf.len() >= WRITE_HIGH_WATER;
+            let app_blocked = self.app_backlogged();
+            let want_read = !write_blocked && !app_blocked;
             let Driver {
                 rd,
                 wr,
@@ -199,6 +243,9 @@ where
                 wbuf,
                 needs_flush,
                 cmds,
+                ctl,
+                ctl_open,
+                backlog,
                 stores,
                 timer,
                 ..
@@ -215,8 +262,10 @@ where
                         Event::Wrote(wr.write(&wbuf[..]).await)
                     }
                 }, if !wbuf.is_empty() || *needs_flush => e,
-                r = rd.read_buf(rbuf) => Event::Read(r),
+                r = rd.read_buf(rbuf), if want_read => Event::Read(r),
                 c = cmds.recv(), if want_commands => Event::Command(c),
+                c = ctl.recv(), if *ctl_open => Event::Control(c),
+                () = backlog.drained.notified(), if app_blocked => Event::Drained,
                 () = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
             match event {
@@ -229,6 +278,7 @@ where
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into())
                 }
                 Event::Wrote(Ok(n)) => {
+                    let was_blocked = self.wbuf.len() >= WRITE_HIGH_WATER;
                     self.wbuf.advance(n);
                     self.written += n as u64;
                     self.needs_flush = true;
@@ -240,6 +290,10 @@ where
                         if let Some((_, w)) = self.qos0_waiters.pop_front() {
                             let _ = w.send(Ok(None));
                         }
+                    }
+                    if was_blocked && self.wbuf.len() < WRITE_HIGH_WATER {
+                        // Packets read before the pause and not yet handled.
+                        self.parse()?;
                     }
                 }
                 Event::Wrote(Err(e)) | Event::Flushed(Err(e)) | Event::Read(Err(e)) => {
@@ -258,6 +312,22 @@ where
                     )))?;
                     return Ok(());
                 }
+                Event::Control(None) => self.ctl_open = false,
+                Event::Control(Some(c)) => {
+                    // Everything the application asked for before this goes out first, even
+                    // past the high-water mark: it is bounded by what callers have
+                    // outstanding, and the close is what bounds the wait.
+                    while let Ok(earlier) = self.cmds.try_recv() {
+                        if let Flow::Stop = self.command(earlier)? {
+                            c.fail(Error::ConnectionClosed);
+                            return Ok(());
+                        }
+                    }
+                    if let Flow::Stop = self.command(c)? {
+                        return Ok(());
+                    }
+                }
+                Event::Drained => {}
                 Event::Command(Some(c)) => {
                     if let Flow::Stop = self.command(c)? {
                         return Ok(());
@@ -269,7 +339,7 @@ where
                         }
                     }
                 }
-                Event::Timer => match self.keepalive.poll(Instant::now()) {
+                Event::Timer => match self.keepalive_poll(app_blocked) {
                     Due::Nothing => {}
                     Due::Ping => {
                         tracing::trace!("PINGREQ");
@@ -279,6 +349,32 @@ where
                 },
             }
         }
+    }
+
+    /// Whether reading pauses because the application is not taking its messages: more than
+    /// `max_queued_bytes` wait for it, and it is not waiting for an answer from the server
+    /// (which would sit behind the unread messages: a handler that publishes and awaits the
+    /// outcome would deadlock).
+    fn app_backlogged(&self) -> bool {
+        if !self.backlog.over() || self.deliver.is_none() {
+            return false;
+        }
+        let s = &self.state.session;
+        let awaiting =
+            s.in_flight() > 0 || s.packet_ids_in_use() > s.unfinished() || self.reauth.is_some();
+        !awaiting
+    }
+
+    fn keepalive_poll(&mut self, reading_paused: bool) -> Due {
+        let now = Instant::now();
+        if reading_paused {
+            // The server's packets (its PINGRESP among them) wait unread behind the messages
+            // the application has not taken: silence is ours, not the server's. Keep pinging
+            // so the server keeps us, but do not declare the link dead.
+            self.keepalive.received(now);
+            self.keepalive.pong();
+        }
+        self.keepalive.poll(now)
     }
 
     // ----- commands ---------------------------------------------------------------------
@@ -410,10 +506,11 @@ where
         while let Some(action) = self.state.session.poll_action() {
             match action {
                 Action::Store(op) => {
-                    let fut = op.apply(&self.state.store);
-                    self.stores.push_back(Box::pin(fut));
+                    let fut = store_future(op, &self.state.store);
+                    self.stores.push_back(fut);
                     self.stores_started += 1;
                 }
+                Action::Abandoned(p) => self.abandon(p),
                 Action::Send(p) => {
                     let waiter = match &p {
                         Packet::Publish(pb) if pb.qos == QoS::AtMostOnce => qos0.take(),
@@ -440,7 +537,10 @@ where
         self.release()
     }
 
-    fn store_done(&mut self, r: Result<(), paho_session::Error>) -> Result<(), Error> {
+    fn store_done(
+        &mut self,
+        (put, r): (Option<PacketId>, Result<(), paho_session::Error>),
+    ) -> Result<(), Error> {
         match r {
             Ok(()) => {
                 self.stores_done += 1;
@@ -448,9 +548,29 @@ where
             }
             Err(e) => {
                 tracing::error!(error = %e, "session store failed; closing the connection");
-                self.state.session.fail_all(e.clone());
-                Err(e.into())
+                self.note_store_failure(put, &e);
+                // The session hears of it in `finish`, once every store operation still in
+                // progress has answered: each one decides its exchange's class of error.
+                Err(Error::Session(e))
             }
+        }
+    }
+
+    fn note_store_failure(&mut self, put: Option<PacketId>, e: &paho_session::Error) {
+        if let (Some(id), false) = (put, e.is_outcome_unknown()) {
+            self.not_stored.push(id);
+        }
+        if self.store_failure.is_none() {
+            self.store_failure = Some(e.clone());
+        }
+    }
+
+    /// A message the session gave up on, for the application
+    /// ([`SessionHandle::take_abandoned`](crate::SessionHandle::take_abandoned)).
+    fn abandon(&mut self, p: paho_packets::Publish) {
+        tracing::warn!(topic = %p.topic, qos = ?p.qos, "session lost; message handed back to the application");
+        if let Ok(mut a) = self.state.abandoned.lock() {
+            a.push(p);
         }
     }
 
@@ -518,26 +638,32 @@ where
             Held::Deliver(d) => {
                 let (publish, token) = d.into_parts();
                 tracing::trace!(topic = %publish.topic, qos = ?publish.qos, "deliver");
-                if publish.qos == QoS::AtMostOnce {
-                    if self.queued_qos0.load(Ordering::Relaxed) >= self.max_queued_qos0 {
-                        // At most once: dropping is allowed, unbounded memory is not.
-                        self.dropped_qos0 += 1;
-                        if self.dropped_qos0.is_power_of_two() {
-                            tracing::warn!(
-                                dropped = self.dropped_qos0,
-                                limit = self.max_queued_qos0,
-                                "the application is not taking QoS 0 messages; dropping new ones"
-                            );
-                        }
-                        return Ok(());
+                if publish.qos == QoS::AtMostOnce
+                    && (self.backlog.qos0() >= self.max_queued_qos0 || self.backlog.over())
+                {
+                    // At most once: dropping is allowed, unbounded memory is not.
+                    self.dropped_qos0 += 1;
+                    self.dropped_qos0_bytes += publish.payload.len() as u64;
+                    if self.dropped_qos0.is_power_of_two() {
+                        tracing::warn!(
+                            dropped = self.dropped_qos0,
+                            dropped_payload_bytes = self.dropped_qos0_bytes,
+                            limit = self.max_queued_qos0,
+                            queued_bytes = self.backlog.bytes(),
+                            "the application is not taking QoS 0 messages; dropping new ones"
+                        );
                     }
-                    self.queued_qos0.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
                 }
                 let undelivered = match &self.deliver {
-                    Some(tx) => tx
-                        .send(Delivered { publish, token })
-                        .err()
-                        .map(|e| e.0.token),
+                    Some(tx) => {
+                        // Counted before it can be taken (the receiver subtracts).
+                        self.backlog.add(&publish);
+                        tx.send(Delivered { publish, token }).err().map(|e| {
+                            self.backlog.take(&e.0.publish);
+                            e.0.token
+                        })
+                    }
                     None => Some(token),
                 };
                 if let Some(Some(t)) = undelivered {
@@ -571,6 +697,10 @@ where
 
     fn parse(&mut self) -> Result<(), Error> {
         loop {
+            if self.wbuf.len() >= WRITE_HIGH_WATER {
+                // The rest waits until the answers are written (see `run_inner`).
+                return Ok(());
+            }
             match decode(&mut self.rbuf, self.max_in) {
                 Ok(None) => return Ok(()),
                 Ok(Some(p)) => self.packet(p)?,
@@ -772,21 +902,34 @@ where
             }
         }
         let error = result.clone().err().unwrap_or(Error::ConnectionClosed);
+        // Every store operation in progress answers first: after a failure, each tells
+        // whether its exchange was stored.
+        while let Some((put, r)) = self.stores.next().await {
+            if let Err(e) = r {
+                self.note_store_failure(put, &e);
+            }
+        }
+        if let Some(e) = self.store_failure.take() {
+            let not_stored = std::mem::take(&mut self.not_stored);
+            self.state.session.on_store_failed(e, not_stored);
+        }
         self.state
             .session
             .on_connection_lost(Instant::now().into_std());
-        // Finish the store operations (a session with expiry 0 is reset now), dropping the
+        // Finish the store operations (a session with expiry 0 is given up now), dropping the
         // sends and deliveries: what was stored is resent on the next connection, and the
         // server redelivers what was not acknowledged.
         while let Some(action) = self.state.session.poll_action() {
-            if let Action::Store(op) = action {
-                self.stores.push_back(Box::pin(op.apply(&self.state.store)));
+            match action {
+                Action::Store(op) => self.stores.push_back(store_future(op, &self.state.store)),
+                Action::Abandoned(p) => self.abandon(p),
+                _ => {}
             }
         }
-        while let Some(r) = self.stores.next().await {
+        while let Some((put, r)) = self.stores.next().await {
             if let Err(e) = r {
                 tracing::error!(error = %e, "session store failed while closing");
-                self.state.session.fail_all(e);
+                self.state.session.on_store_failed(e, put);
             }
         }
         for (_, h) in self.held.drain(..) {

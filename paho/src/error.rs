@@ -137,6 +137,17 @@ impl Error {
         }
     }
 
+    /// Whether the operation may still have taken effect: for a publish, the message is (or
+    /// may be) in the session store and is resent when the session is reopened from it, so
+    /// publishing it again would deliver a second copy
+    /// ([`OutcomeUnknown`](paho_session::Error::OutcomeUnknown)). Every other error of a
+    /// publish means "not done": the message was not stored, and publishing it again is safe
+    /// (though after [`SessionLost`](paho_session::Error::SessionLost) it may have reached
+    /// the server before the server forgot the session).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::Session(s) if s.is_outcome_unknown())
+    }
+
     pub(crate) fn protocol(reason_code: u8, what: impl Into<String>) -> Self {
         Error::Protocol {
             reason_code,

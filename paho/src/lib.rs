@@ -106,8 +106,8 @@ pub use error::Error;
 pub use handler::{Chain, Handler};
 pub use message::{AckOutcome, Incoming, Message};
 pub use options::{
-    ConnectOptions, ConnectOptionsBuilder, DEFAULT_MAX_QUEUED_QOS0, DEFAULT_RECEIVE_MAXIMUM,
-    DEFAULT_TOPIC_ALIAS_MAXIMUM,
+    ConnectOptions, ConnectOptionsBuilder, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_QOS0,
+    DEFAULT_RECEIVE_MAXIMUM, DEFAULT_TOPIC_ALIAS_MAXIMUM,
 };
 pub use paho_session::PublishOutcome;
 pub use session_handle::{SessionHandle, SessionStats};

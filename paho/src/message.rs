@@ -147,7 +147,69 @@ pub struct Incoming {
     rx: mpsc::UnboundedReceiver<Delivered>,
     tx: mpsc::WeakUnboundedSender<Command>,
     manual: bool,
-    queued_qos0: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
+}
+
+/// What waits in [`Incoming`] for the application, shared with the connection's task, which
+/// bounds it: QoS 0 messages by count and bytes (newer ones dropped), and all messages by
+/// bytes (reading from the socket pauses; see
+/// [`max_queued_bytes`](crate::ConnectOptionsBuilder::max_queued_bytes)).
+#[derive(Debug)]
+pub(crate) struct Backlog {
+    qos0: AtomicUsize,
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Woken when the application takes a message that brings the bytes under the bound.
+    pub(crate) drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Backlog {
+            qos0: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            drained: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The memory a queued message is counted for: its payload and topic (the rest is small
+    /// and bounded per message).
+    pub(crate) fn size_of(p: &Publish) -> usize {
+        p.payload.len() + p.topic.len() + 64
+    }
+
+    pub(crate) fn qos0(&self) -> usize {
+        self.qos0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn over(&self) -> bool {
+        self.bytes() > self.max_bytes
+    }
+
+    pub(crate) fn add(&self, p: &Publish) {
+        if p.qos == QoS::AtMostOnce {
+            self.qos0.fetch_add(1, Ordering::Relaxed);
+        }
+        self.bytes.fetch_add(Self::size_of(p), Ordering::Relaxed);
+    }
+
+    /// Undoes [`add`](Backlog::add) for a message that was taken, or never reached the
+    /// application.
+    pub(crate) fn take(&self, p: &Publish) {
+        if p.qos == QoS::AtMostOnce {
+            self.qos0.fetch_sub(1, Ordering::Relaxed);
+        }
+        let n = Self::size_of(p);
+        let before = self.bytes.fetch_sub(n, Ordering::Relaxed);
+        if before > self.max_bytes && before - n <= self.max_bytes {
+            self.drained.notify_one();
+        }
+    }
 }
 
 pub(crate) struct Delivered {
@@ -169,20 +231,25 @@ impl Incoming {
         rx: mpsc::UnboundedReceiver<Delivered>,
         tx: mpsc::WeakUnboundedSender<Command>,
         manual: bool,
-        queued_qos0: Arc<AtomicUsize>,
+        backlog: Arc<Backlog>,
     ) -> Self {
         Incoming {
             rx,
             tx,
             manual,
-            queued_qos0,
+            backlog,
         }
     }
 
+    /// The bytes of the messages waiting here (payloads and topics, plus a small per-message
+    /// allowance), which [`max_queued_bytes`](crate::ConnectOptionsBuilder::max_queued_bytes)
+    /// bounds.
+    pub fn queued_bytes(&self) -> usize {
+        self.backlog.bytes()
+    }
+
     fn wrap(&self, d: Delivered) -> Message {
-        if d.publish.qos == QoS::AtMostOnce {
-            self.queued_qos0.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.backlog.take(&d.publish);
         match d.token {
             Some(token) if self.manual => Message::new(d.publish, Some((token, self.tx.clone()))),
             Some(token) => {
@@ -235,6 +302,7 @@ impl Drop for Incoming {
         // none slips in behind the drain.
         self.rx.close();
         while let Ok(d) = self.rx.try_recv() {
+            self.backlog.take(&d.publish);
             if let Some(token) = d.token {
                 let _ = send_ack(token, &self.tx);
             }

@@ -17,6 +17,8 @@ pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 1024;
 pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
 /// How many received QoS 0 messages may wait for the application unless told otherwise.
 pub const DEFAULT_MAX_QUEUED_QOS0: usize = 10_000;
+/// How many bytes of received messages may wait for the application unless told otherwise.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Everything the client puts in CONNECT, and how it behaves on the connection.
 ///
@@ -44,6 +46,7 @@ pub struct ConnectOptions {
     pub(crate) strict_receive_maximum: bool,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) max_queued_qos0: usize,
+    pub(crate) max_queued_bytes: usize,
 }
 
 // Hand-written so that the password and the authenticator never reach a log.
@@ -68,6 +71,7 @@ impl fmt::Debug for ConnectOptions {
             .field("strict_receive_maximum", &self.strict_receive_maximum)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_queued_qos0", &self.max_queued_qos0)
+            .field("max_queued_bytes", &self.max_queued_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +81,8 @@ impl ConnectOptions {
     /// keepalive 60 s, Receive Maximum [`DEFAULT_RECEIVE_MAXIMUM`], no Maximum Packet Size
     /// (any size accepted), Topic Alias Maximum [`DEFAULT_TOPIC_ALIAS_MAXIMUM`], no outbound
     /// aliases, automatic acknowledgement, lenient Receive Maximum, connect timeout 30 s, at
-    /// most [`DEFAULT_MAX_QUEUED_QOS0`] QoS 0 messages waiting for the application.
+    /// most [`DEFAULT_MAX_QUEUED_QOS0`] QoS 0 messages and [`DEFAULT_MAX_QUEUED_BYTES`] bytes
+    /// of messages waiting for the application.
     pub fn builder() -> ConnectOptionsBuilder {
         ConnectOptionsBuilder {
             opts: ConnectOptions {
@@ -99,6 +104,7 @@ impl ConnectOptions {
                 strict_receive_maximum: false,
                 connect_timeout: Some(Duration::from_secs(30)),
                 max_queued_qos0: DEFAULT_MAX_QUEUED_QOS0,
+                max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             },
             error: None,
         }
@@ -308,6 +314,30 @@ impl ConnectOptionsBuilder {
             self.fail("max_queued_qos0 must be at least 1");
         }
         self.opts.max_queued_qos0 = n;
+        self
+    }
+
+    /// How many bytes of received messages (payloads and topics, plus a small allowance per
+    /// message) may wait in [`Incoming`](crate::Incoming) for the application (at least 1).
+    /// A count of messages is not a bound on memory when any size is accepted, so this is
+    /// the bound in bytes:
+    ///
+    /// * a QoS 0 message that arrives while the bound is exceeded is dropped, with a warning
+    ///   (as past [`max_queued_qos0`](Self::max_queued_qos0));
+    /// * while QoS 1/2 messages exceed it, the connection stops reading from the socket, so
+    ///   the server is held back by TCP, until the application takes enough of them. Except
+    ///   while the application waits for an answer from the server (an unacknowledged
+    ///   publish, a subscribe or unsubscribe, a re-authentication): reading goes on then, so
+    ///   that a handler that publishes and awaits the outcome cannot deadlock, and the
+    ///   backlog is bounded by the Receive Maximum times the Maximum Packet Size instead.
+    ///
+    /// While reading is paused the keepalive still pings the server, but the link is not
+    /// declared dead (the answers wait behind the unread messages).
+    pub fn max_queued_bytes(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.fail("max_queued_bytes must be at least 1");
+        }
+        self.opts.max_queued_bytes = n;
         self
     }
 

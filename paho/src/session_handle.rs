@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use paho_packets::Publish;
 use paho_session::{MemoryStore, Session, SessionConfig, Store};
 use tokio::sync::Mutex;
 
@@ -53,17 +54,23 @@ use crate::Error;
 /// ```
 pub struct SessionHandle<S: Store = MemoryStore> {
     pub(crate) inner: Arc<Mutex<SessionState<S>>>,
+    abandoned: Abandoned,
 }
+
+/// Messages the session gave up on, readable while a connection holds the session.
+pub(crate) type Abandoned = Arc<std::sync::Mutex<Vec<Publish>>>;
 
 pub(crate) struct SessionState<S> {
     pub(crate) session: Session,
     pub(crate) store: S,
+    pub(crate) abandoned: Abandoned,
 }
 
 impl<S: Store> Clone for SessionHandle<S> {
     fn clone(&self) -> Self {
         SessionHandle {
             inner: Arc::clone(&self.inner),
+            abandoned: Arc::clone(&self.abandoned),
         }
     }
 }
@@ -100,8 +107,28 @@ pub struct SessionStats {
 impl<S: Store> SessionHandle<S> {
     /// Wraps a session and the store it was restored from (or an empty one).
     pub fn new(session: Session, store: S) -> Self {
+        let abandoned = Abandoned::default();
         SessionHandle {
-            inner: Arc::new(Mutex::new(SessionState { session, store })),
+            inner: Arc::new(Mutex::new(SessionState {
+                session,
+                store,
+                abandoned: Arc::clone(&abandoned),
+            })),
+            abandoned,
+        }
+    }
+
+    /// Takes the messages the session gave up on: exchanges restored from the store (their
+    /// callers belonged to an earlier process) that the server no longer knew when the
+    /// session's [`SessionLostPolicy`](paho_session::SessionLostPolicy) is `Fail`. They are
+    /// no longer in the store; publish them again if they must arrive. (Live publishes given
+    /// up that way fail their own futures with
+    /// [`SessionLost`](paho_session::Error::SessionLost), carrying the message.) Under the
+    /// default policy, `Republish`, this stays empty: the session sends them again itself.
+    pub fn take_abandoned(&self) -> Vec<Publish> {
+        match self.abandoned.lock() {
+            Ok(mut a) => std::mem::take(&mut *a),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
         }
     }
 
@@ -136,7 +163,10 @@ impl<S: Store> SessionHandle<S> {
                 let s = m.into_inner();
                 Ok((s.session, s.store))
             }
-            Err(inner) => Err(SessionHandle { inner }),
+            Err(inner) => Err(SessionHandle {
+                inner,
+                abandoned: self.abandoned,
+            }),
         }
     }
 

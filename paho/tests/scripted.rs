@@ -17,8 +17,8 @@ use paho::packets::{
     PubComp, PubRec, PubRel, Publish, QoS, RetainHandling, SubAckReasonCode, SubscribeProperties,
     Subscription, SubscriptionOptions, UnsubAck, UnsubAckReasonCode, Will, WillProperties,
 };
-use paho::session::PublishOutcome;
-use paho::{AckOutcome, Authenticator, Chain, Client, Error, Message};
+use paho::session::{PublishOutcome, SessionConfig, SessionLostPolicy};
+use paho::{AckOutcome, Authenticator, Chain, Client, Error, Message, SessionHandle};
 use tokio::time::Instant;
 
 fn disconnect_reason(packets: &[Packet]) -> Option<u8> {
@@ -485,9 +485,40 @@ async fn a_hundred_publishes_started_before_a_drop_all_complete_after_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn session_present_zero_fails_the_waiting_publishes() {
+async fn session_present_zero_republishes_the_waiting_publishes_by_default() {
     within(LIMIT, async {
         let session = memory_session(3600);
+        let opts = options().clean_start(false).build().unwrap();
+        let (c1, _i1, mut p1, _) =
+            connect_with(opts.clone(), session.clone(), ConnAck::default()).await;
+        let h = c1.start_publish(publish("x", QoS::ExactlyOnce, "1"));
+        let first = p1.expect_publish().await;
+        p1.send(PubRec::new(first.packet_id.unwrap())).await;
+        assert!(matches!(p1.expect().await, Packet::PubRel(_)));
+        drop(p1); // lost at the PUBREL stage, then the server forgets the session
+        let _ = c1.closed().await;
+        let (_c2, _i2, mut p2, _) = connect_with(opts, session.clone(), ConnAck::default()).await;
+        let again = p2.expect_publish().await;
+        assert_eq!(again.payload, first.payload);
+        assert!(!again.dup, "a new exchange");
+        let id = again.packet_id.unwrap();
+        p2.send(PubRec::new(id)).await;
+        assert_eq!(p2.expect().await, Packet::PubRel(PubRel::new(id)));
+        p2.send(PubComp::new(id)).await;
+        assert!(h.await.unwrap().is_success());
+        assert!(session.take_abandoned().is_empty());
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn session_present_zero_under_fail_gives_the_message_back() {
+    within(LIMIT, async {
+        let session = SessionHandle::in_memory(
+            SessionConfig::new()
+                .session_expiry_interval(3600)
+                .on_session_lost(SessionLostPolicy::Fail),
+        );
         let opts = options().clean_start(false).build().unwrap();
         let (c1, _i1, mut p1, _) =
             connect_with(opts.clone(), session.clone(), ConnAck::default()).await;
@@ -496,10 +527,12 @@ async fn session_present_zero_fails_the_waiting_publishes() {
         drop(p1);
         let _ = c1.closed().await;
         let (_c2, _i2, _p2, _) = connect_with(opts, session, ConnAck::default()).await;
-        assert!(matches!(
-            h.await,
-            Err(Error::Session(paho::session::Error::SessionLost))
-        ));
+        let e = h.await.unwrap_err();
+        let Error::Session(e @ paho::session::Error::SessionLost { .. }) = e else {
+            panic!("{e}");
+        };
+        assert_eq!(e.message().unwrap().payload, Bytes::from_static(b"1"));
+        assert!(!e.is_outcome_unknown());
     })
     .await
 }
