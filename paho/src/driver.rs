@@ -356,13 +356,14 @@ where
     /// (which would sit behind the unread messages: a handler that publishes and awaits the
     /// outcome would deadlock).
     fn app_backlogged(&self) -> bool {
-        if !self.backlog.over() || self.deliver.is_none() {
-            return false;
-        }
+        self.backlog.over() && self.deliver.is_some() && !self.awaiting_server()
+    }
+
+    /// Whether the application waits for an answer from the server: an unacknowledged
+    /// publish, a subscribe or unsubscribe, a re-authentication.
+    fn awaiting_server(&self) -> bool {
         let s = &self.state.session;
-        let awaiting =
-            s.in_flight() > 0 || s.packet_ids_in_use() > s.unfinished() || self.reauth.is_some();
-        !awaiting
+        s.in_flight() > 0 || s.packet_ids_in_use() > s.unfinished() || self.reauth.is_some()
     }
 
     fn keepalive_poll(&mut self, reading_paused: bool) -> Due {
@@ -638,8 +639,11 @@ where
             Held::Deliver(d) => {
                 let (publish, token) = d.into_parts();
                 tracing::trace!(topic = %publish.topic, qos = ?publish.qos, "deliver");
+                // Over the byte bound reading pauses, unless the application awaits an answer
+                // from the server: then a QoS 0 message cannot wait and is dropped.
                 if publish.qos == QoS::AtMostOnce
-                    && (self.backlog.qos0() >= self.max_queued_qos0 || self.backlog.over())
+                    && (self.backlog.qos0() >= self.max_queued_qos0
+                        || (self.backlog.over() && self.awaiting_server()))
                 {
                     // At most once: dropping is allowed, unbounded memory is not.
                     self.dropped_qos0 += 1;

@@ -322,14 +322,15 @@ impl ConnectOptionsBuilder {
     /// A count of messages is not a bound on memory when any size is accepted, so this is
     /// the bound in bytes:
     ///
-    /// * a QoS 0 message that arrives while the bound is exceeded is dropped, with a warning
-    ///   (as past [`max_queued_qos0`](Self::max_queued_qos0));
-    /// * while QoS 1/2 messages exceed it, the connection stops reading from the socket, so
-    ///   the server is held back by TCP, until the application takes enough of them. Except
-    ///   while the application waits for an answer from the server (an unacknowledged
-    ///   publish, a subscribe or unsubscribe, a re-authentication): reading goes on then, so
-    ///   that a handler that publishes and awaits the outcome cannot deadlock, and the
-    ///   backlog is bounded by the Receive Maximum times the Maximum Packet Size instead.
+    /// * while more than this waits, the connection stops reading from the socket, so the
+    ///   server is held back by TCP, until the application takes enough messages; nothing is
+    ///   lost;
+    /// * except while the application waits for an answer from the server (an
+    ///   unacknowledged publish, a subscribe or unsubscribe, a re-authentication): reading
+    ///   goes on then, so that a handler that publishes and awaits the outcome cannot
+    ///   deadlock. QoS 0 messages past the bound are then dropped with a warning (as past
+    ///   [`max_queued_qos0`](Self::max_queued_qos0)), and QoS 1/2 ones are bounded by our
+    ///   Receive Maximum times our Maximum Packet Size.
     ///
     /// While reading is paused the keepalive still pings the server, but the link is not
     /// declared dead (the answers wait behind the unread messages).
