@@ -257,8 +257,14 @@ impl Future for Pending {
 /// * Concurrent operations share fsyncs; file I/O runs on a dedicated thread.
 ///
 /// Reads ([`Store::get`], [`Store::list`]) come from the in-memory index, which the writer
-/// updates as it takes a batch, so a read may see a write whose future has not resolved yet (and
-/// would not survive a crash yet). The engine only lists at start-up, before any write.
+/// updates only once a batch is durable (just before answering it), so a read never shows an
+/// operation that a crash could still undo, nor one that was answered with an error.
+///
+/// An operation answered with an error never takes effect later: a batch whose append or fsync
+/// fails is cut back out of the log before its callers hear of it. If that fails too, they get
+/// [`Error::OutcomeUnknown`] instead (the operation may be in the log; a publish must not be
+/// repeated). Either way the store then refuses everything ([`Error::StoreFailed`]) until it is
+/// reopened.
 ///
 /// Clones are handles to the same open store. At most one store per directory can be open in
 /// a process ([`Error::AlreadyOpen`]), and in the whole system: an open store holds an
