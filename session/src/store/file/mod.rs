@@ -7,7 +7,8 @@
 //! | `meta` | the identity (server URL and client id) the directory belongs to, checksummed; written once at creation (`meta.tmp`, fsync, rename, directory fsync) |
 //! | `log` | an append-only log of checksummed put / delete / reset records, replayed at open |
 //! | `log.compact` | a compaction in progress (ignored and overwritten if a crash left it) |
-//! | `quarantine-NNNNNN.bin` | bytes set aside: corrupt log stretches found at open, and entries passed to [`Store::quarantine`] |
+//! | `quarantine-NNNNNN.bin` | bytes set aside: corrupt log stretches and an unparseable end of the log found at open, and entries passed to [`Store::quarantine`] |
+//! | `quarantine-NNNNNN.pending` | bytes an open set aside before it succeeded; renamed to `.bin` once it has, and reported by every open until then (so an open that fails after truncating or rewriting the log does not lose the report) |
 //! | `lock` | empty; exclusively locked while a store has the directory open, so a second process is refused |
 //!
 //! Order is the sequence number each put record carries, persisted in the log; file times are

@@ -27,6 +27,10 @@ const LOG_COMPACT: &str = "log.compact";
 const META: &str = "meta";
 const META_TMP: &str = "meta.tmp";
 const QUARANTINE_PREFIX: &str = "quarantine-";
+/// Quarantine files: `quarantine-NNNNNN.bin`, or `.pending` while the open that wrote it has
+/// not succeeded yet (see `Writer::report_pending`).
+const SAVED: &str = ".bin";
+const PENDING: &str = ".pending";
 /// Part of the reason reported for an unparseable end of the log, which tests look for.
 pub(super) const TAIL: &str = "unparseable end of the log";
 
@@ -112,10 +116,34 @@ impl Writer {
         let names = self.fs.list().map_err(io("listing the store directory"))?;
         self.next_quarantine = names
             .iter()
-            .filter_map(|n| n.strip_prefix(QUARANTINE_PREFIX)?.strip_suffix(".bin"))
+            .filter_map(|n| {
+                let n = n.strip_prefix(QUARANTINE_PREFIX)?;
+                n.strip_suffix(SAVED).or_else(|| n.strip_suffix(PENDING))
+            })
             .filter_map(|n| n.parse::<u64>().ok())
             .max()
             .map_or(0, |n| n + 1);
+        // Bytes an earlier open set aside and then failed (so never reported): report them now.
+        let mut pending: Vec<SetAside> = Vec::new();
+        let mut earlier: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with(QUARANTINE_PREFIX) && n.ends_with(PENDING))
+            .collect();
+        earlier.sort();
+        for name in earlier {
+            let len = self
+                .fs
+                .read(name)
+                .map_err(io("reading a quarantine file"))?
+                .map_or(0, |b| b.len());
+            pending.push(SetAside {
+                stem: name[..name.len() - PENDING.len()].to_owned(),
+                reason: "log bytes set aside by an earlier open that failed before it could \
+                         report them"
+                    .to_owned(),
+                len,
+            });
+        }
 
         match self
             .fs
@@ -173,21 +201,20 @@ impl Writer {
         *self.shared.lock_index() = replay.index;
 
         for range in &replay.corrupt {
-            let bytes = &file[range.clone()];
-            let report = self.save_quarantine(
-                None,
-                format!(
-                    "log bytes {}..{} are not a valid record (checksum or framing)",
-                    range.start, range.end
-                ),
-                bytes,
-            )?;
+            let stem = self.write_quarantine(&file[range.clone()], PENDING)?;
             tracing::warn!(
                 offset = range.start,
                 len = range.len(),
                 "session store: corrupt log stretch quarantined"
             );
-            self.shared.lock_quarantined().push(report);
+            pending.push(SetAside {
+                stem,
+                reason: format!(
+                    "log bytes {}..{} are not a valid record (checksum or framing)",
+                    range.start, range.end
+                ),
+                len: range.len(),
+            });
         }
         if let Some(from) = replay.torn_from {
             // An end of the log that does not parse. Usually the tail of an append that a crash
@@ -196,21 +223,21 @@ impl Writer {
             // apart. So the bytes are saved and reported first, fsynced before the truncation
             // can be, and only then cut off (so that appends go on after valid records). A real
             // torn append costs a quarantine file; damage is never a silent loss.
-            let report = self.save_quarantine(
-                None,
-                format!(
-                    "log bytes {from}..{}: {TAIL}, set aside and truncated (an append torn by a \
-                     crash, never acknowledged, or damage to the newest record)",
-                    file.len()
-                ),
-                &file[from..],
-            )?;
+            let stem = self.write_quarantine(&file[from..], PENDING)?;
             tracing::warn!(
                 offset = from,
                 len = file.len() - from,
                 "session store: unparseable log tail quarantined, then truncated"
             );
-            self.shared.lock_quarantined().push(report);
+            pending.push(SetAside {
+                stem,
+                reason: format!(
+                    "log bytes {from}..{}: {TAIL}, set aside and truncated (an append torn by a \
+                     crash, never acknowledged, or damage to the newest record)",
+                    file.len()
+                ),
+                len: file.len() - from,
+            });
             self.fs
                 .truncate(LOG, from as u64)
                 .map_err(io("truncating a torn log tail"))?;
@@ -221,17 +248,50 @@ impl Writer {
             // Rewrite without the corrupt stretches, so they are not found again next time.
             self.compact()?;
         }
+        self.report_pending(pending);
         Ok(())
     }
 
-    fn save_quarantine(
-        &mut self,
-        key: Option<Key>,
-        reason: String,
-        bytes: &[u8],
-    ) -> Result<QuarantineReport, Error> {
-        let name = format!("{QUARANTINE_PREFIX}{:06}.bin", self.next_quarantine);
+    /// Publishes the reports of what opening set aside, now that opening cannot fail any more.
+    ///
+    /// Opening saves damage as `.pending` files, then truncates or rewrites the log. Had it
+    /// failed after that, its error would have been the only answer, and the next open, finding
+    /// a clean log, would have nothing to report: so a `.pending` file is reported by every open
+    /// until one succeeds, and only then renamed to `.bin`. A failure of that rename (or of the
+    /// directory fsync after it) is no reason to fail an open that has done everything else: at
+    /// worst the bytes are reported again by the next open.
+    fn report_pending(&mut self, pending: Vec<SetAside>) {
+        let mut renamed = false;
+        for p in pending {
+            let (from, to) = (format!("{}{PENDING}", p.stem), format!("{}{SAVED}", p.stem));
+            let name = match self.fs.rename(&from, &to) {
+                Ok(()) => {
+                    renamed = true;
+                    to
+                }
+                Err(e) => {
+                    tracing::warn!(file = from, error = %e, "session store: keeping a quarantine file pending");
+                    from
+                }
+            };
+            let report = QuarantineReport::new(None, p.reason, Some(self.fs.path_of(&name)), p.len);
+            self.shared.lock_quarantined().push(report);
+        }
+        if renamed {
+            if let Err(e) = self.sync_dir() {
+                tracing::warn!(error = %e, "session store: quarantine files may be reported again");
+            }
+        }
+    }
+
+    /// Writes `bytes` to a new quarantine file (fsynced, with its directory entry) named with
+    /// `suffix`; returns the name without the suffix.
+    fn write_quarantine(&mut self, bytes: &[u8], suffix: &str) -> Result<String, Error> {
+        let stem = format!("{QUARANTINE_PREFIX}{:06}", self.next_quarantine);
+        // Counted before the write: a failed write may leave part of a file under this name,
+        // which is never overwritten.
         self.next_quarantine += 1;
+        let name = format!("{stem}{suffix}");
         self.fs
             .write_new(&name, bytes)
             .map_err(io("writing a quarantine file"))?;
@@ -240,10 +300,20 @@ impl Writer {
         // Written once and never appended to: keeping its handle would hold one descriptor
         // per quarantined entry for the store's lifetime.
         self.fs.close(&name);
+        Ok(stem)
+    }
+
+    fn save_quarantine(
+        &mut self,
+        key: Option<Key>,
+        reason: String,
+        bytes: &[u8],
+    ) -> Result<QuarantineReport, Error> {
+        let stem = self.write_quarantine(bytes, SAVED)?;
         Ok(QuarantineReport::new(
             key,
             reason,
-            Some(self.fs.path_of(&name)),
+            Some(self.fs.path_of(&format!("{stem}{SAVED}"))),
             bytes.len(),
         ))
     }
@@ -490,6 +560,15 @@ impl Writer {
         tracing::debug!(bytes = out.len(), "session store: log compacted");
         Ok(())
     }
+}
+
+/// A quarantine file written by opening, to be reported once opening has succeeded.
+#[derive(Debug)]
+struct SetAside {
+    /// The file name without its suffix.
+    stem: String,
+    reason: String,
+    len: usize,
 }
 
 /// Why a batch failed.
