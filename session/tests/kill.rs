@@ -152,6 +152,15 @@ async fn sigkill_during_writes_loses_nothing_reported() {
         "{}",
         present.len()
     );
-    assert!(store.quarantined().is_empty());
+    // A kill can cut an append short (a write interrupted by SIGKILL returns short), and such a
+    // torn end of the log is saved and reported rather than dropped; nothing else may be set
+    // aside. (Every reported write was checked above, so the tail held none of them.)
+    for q in store.quarantined() {
+        assert!(
+            q.key().is_none() && q.reason().contains("end of the log"),
+            "{q:?}"
+        );
+    }
+    assert!(store.quarantined().len() <= 1, "{:?}", store.quarantined());
     store.close().await;
 }

@@ -85,6 +85,11 @@ impl Index {
         self.live_bytes = 0;
     }
 
+    /// The sequence number the next new key would get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_key.len()
     }

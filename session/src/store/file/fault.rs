@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::fs::Fs;
 
@@ -24,9 +24,25 @@ struct Disk {
     names: HashMap<String, usize>,
     /// Names as they would be after a crash (updated by a directory sync).
     durable_names: HashMap<String, usize>,
-    /// Operations left before every operation fails; `None` = never fail.
-    ops_left: Option<u64>,
+    /// Which operations fail (see [`FaultFs::fail_at`]).
+    schedule: Option<Schedule>,
+    /// Operations attempted, failed or not: the number the schedule counts.
+    attempts: u64,
     ops_done: u64,
+}
+
+/// Operation number `at` (counting from 0) fails; then `then_ok` operations succeed (`None`:
+/// all of them) and every one after those fails again.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    at: u64,
+    then_ok: Option<u64>,
+}
+
+impl Schedule {
+    fn fails(&self, op: u64) -> bool {
+        op == self.at || self.then_ok.is_some_and(|k| op > self.at.saturating_add(k))
+    }
 }
 
 /// How much of what was written but not synced a crash keeps.
@@ -34,7 +50,9 @@ struct Disk {
 pub(crate) enum CrashKind {
     /// Only what was synced.
     SyncedOnly,
-    /// Everything written (the kernel flushed it all before the crash).
+    /// Everything written, synced or not, with every rename: what a reopen finds after the
+    /// process died (or the store failed and was reopened) while the machine kept running, so
+    /// the page cache survived. An operation answered with an error must be absent here too.
     Everything,
     /// Synced data plus half of each file's unsynced appended tail, with unsynced renames kept:
     /// a torn write.
@@ -46,10 +64,43 @@ pub(crate) enum CrashKind {
     ZeroFilled,
 }
 
+/// Holds the writer inside its next fsync until the test releases it, so that a test can look
+/// at the store while a batch is written but not yet durable.
+#[derive(Debug, Default)]
+struct Gate {
+    /// (armed, a writer is waiting in it)
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, g: MutexGuard<'a, (bool, bool)>) -> MutexGuard<'a, (bool, bool)> {
+        self.changed.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pass(&self) {
+        let mut g = self.lock();
+        if !g.0 {
+            return;
+        }
+        g.1 = true;
+        self.changed.notify_all();
+        while g.0 {
+            g = self.wait(g);
+        }
+        g.1 = false;
+    }
+}
+
 /// A handle to a shared simulated disk.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FaultFs {
     disk: Arc<Mutex<Disk>>,
+    gate: Arc<Gate>,
 }
 
 impl FaultFs {
@@ -61,9 +112,34 @@ impl FaultFs {
         self.disk.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every operation after the next `n` fails.
-    pub(crate) fn fail_after(&self, n: u64) {
-        self.disk().ops_left = Some(n);
+    /// The operation after the next `n` fails; then `then_ok` operations succeed (`None`: every
+    /// later one, a transient failure) and all after those fail. A failure that is transient or
+    /// followed by one success lets the store's clean-up after it (cutting a failed batch back
+    /// out of the log) succeed, or half succeed, instead of always failing too.
+    pub(crate) fn fail_at(&self, n: u64, then_ok: Option<u64>) {
+        let mut d = self.disk();
+        let at = d.attempts.saturating_add(n);
+        d.schedule = Some(Schedule { at, then_ok });
+    }
+
+    /// The next fsync waits until [`release`](FaultFs::release).
+    pub(crate) fn hold_next_sync(&self) {
+        self.gate.lock().0 = true;
+    }
+
+    /// Blocks until a writer waits in the fsync that [`hold_next_sync`](FaultFs::hold_next_sync)
+    /// armed.
+    pub(crate) fn wait_held(&self) {
+        let mut g = self.gate.lock();
+        while !g.1 {
+            g = self.gate.wait(g);
+        }
+    }
+
+    /// Lets the held fsync go on.
+    pub(crate) fn release(&self) {
+        self.gate.lock().0 = false;
+        self.gate.changed.notify_all();
     }
 
     /// How many operations were performed.
@@ -108,9 +184,11 @@ impl FaultFs {
                 inodes,
                 durable_names: names.clone(),
                 names,
-                ops_left: None,
+                schedule: None,
+                attempts: 0,
                 ops_done: 0,
             })),
+            gate: Arc::default(),
         }
     }
 
@@ -125,21 +203,41 @@ impl FaultFs {
         }
     }
 
+    /// Cuts a file short, durably (for torn-append tests).
+    pub(crate) fn cut(&self, name: &str, len: usize) {
+        let mut d = self.disk();
+        if let Some(&ino) = d.names.get(name) {
+            d.inodes[ino].data.truncate(len);
+            d.inodes[ino].durable = d.inodes[ino].data.clone();
+        }
+    }
+
     pub(crate) fn file_len(&self, name: &str) -> Option<usize> {
         let d = self.disk();
         d.names.get(name).map(|&i| d.inodes[i].data.len())
     }
 
-    fn step(&self) -> io::Result<MutexGuard<'_, Disk>> {
+    /// Counts an operation; `Err` (with the disk, for the effects a failure still has) when
+    /// the schedule says this one fails.
+    fn step(&self) -> Result<MutexGuard<'_, Disk>, MutexGuard<'_, Disk>> {
         let mut d = self.disk();
-        match d.ops_left {
-            Some(0) => return Err(io::Error::other("injected disk failure")),
-            Some(ref mut n) => *n -= 1,
-            None => {}
+        let op = d.attempts;
+        d.attempts += 1;
+        if d.schedule.is_some_and(|s| s.fails(op)) {
+            return Err(d);
         }
         d.ops_done += 1;
         Ok(d)
     }
+
+    /// A failed operation that has no effect.
+    fn step_or_fail(&self) -> io::Result<MutexGuard<'_, Disk>> {
+        self.step().map_err(|_| injected())
+    }
+}
+
+fn injected() -> io::Error {
+    io::Error::other("injected disk failure")
 }
 
 fn not_found() -> io::Error {
@@ -153,7 +251,11 @@ impl Fs for FaultFs {
     }
 
     fn write_new(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
-        let mut d = self.step()?;
+        // A failed write (ENOSPC) may have written part of the data: half of it, here.
+        let (mut d, data, res) = match self.step() {
+            Ok(d) => (d, data, Ok(())),
+            Err(d) => (d, &data[..data.len() / 2], Err(injected())),
+        };
         match d.names.get(name).copied() {
             Some(i) => d.inodes[i].data = data.to_vec(),
             None => {
@@ -165,11 +267,15 @@ impl Fs for FaultFs {
                 d.names.insert(name.to_owned(), i);
             }
         }
-        Ok(())
+        res
     }
 
     fn append(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
-        let mut d = self.step()?;
+        // A failed append (ENOSPC part-way) leaves the first half of its data in the file.
+        let (mut d, data, res) = match self.step() {
+            Ok(d) => (d, data, Ok(())),
+            Err(d) => (d, &data[..data.len() / 2], Err(injected())),
+        };
         let i = match d.names.get(name).copied() {
             Some(i) => i,
             None => {
@@ -180,34 +286,44 @@ impl Fs for FaultFs {
             }
         };
         d.inodes[i].data.extend_from_slice(data);
-        Ok(())
+        res
     }
 
     fn sync(&mut self, name: &str) -> io::Result<()> {
-        let mut d = self.step()?;
+        self.gate.pass();
+        // A failed fsync (EIO) says nothing about what reached the disk; the worst case for
+        // "an error means not done" is that all of it did, so that is what happens here.
+        let (mut d, res) = match self.step() {
+            Ok(d) => (d, Ok(())),
+            Err(d) => (d, Err(injected())),
+        };
         let i = *d.names.get(name).ok_or_else(not_found)?;
         d.inodes[i].durable = d.inodes[i].data.clone();
-        Ok(())
+        res
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
-        let mut d = self.step()?;
+        let mut d = self.step_or_fail()?;
         let i = *d.names.get(name).ok_or_else(not_found)?;
         d.inodes[i].data.truncate(len as usize);
         Ok(())
     }
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
-        let mut d = self.step()?;
+        let mut d = self.step_or_fail()?;
         let i = d.names.remove(from).ok_or_else(not_found)?;
         d.names.insert(to.to_owned(), i);
         Ok(())
     }
 
     fn sync_dir(&mut self) -> io::Result<()> {
-        let mut d = self.step()?;
+        // As for `sync`: the failed directory fsync made everything durable anyway.
+        let (mut d, res) = match self.step() {
+            Ok(d) => (d, Ok(())),
+            Err(d) => (d, Err(injected())),
+        };
         d.durable_names = d.names.clone();
-        Ok(())
+        res
     }
 
     fn list(&mut self) -> io::Result<Vec<String>> {

@@ -7,7 +7,8 @@
 //! | `meta` | the identity (server URL and client id) the directory belongs to, checksummed; written once at creation (`meta.tmp`, fsync, rename, directory fsync) |
 //! | `log` | an append-only log of checksummed put / delete / reset records, replayed at open |
 //! | `log.compact` | a compaction in progress (ignored and overwritten if a crash left it) |
-//! | `quarantine-NNNNNN.bin` | bytes set aside: corrupt log stretches found at open, and entries passed to [`Store::quarantine`] |
+//! | `quarantine-NNNNNN.bin` | bytes set aside: corrupt log stretches and an unparseable end of the log found at open, and entries passed to [`Store::quarantine`] |
+//! | `quarantine-NNNNNN.pending` | bytes an open set aside before it succeeded; renamed to `.bin` once it has, and reported by every open until then (so an open that fails after truncating or rewriting the log does not lose the report) |
 //! | `lock` | empty; exclusively locked while a store has the directory open, so a second process is refused |
 //!
 //! Order is the sequence number each put record carries, persisted in the log; file times are
@@ -257,8 +258,14 @@ impl Future for Pending {
 /// * Concurrent operations share fsyncs; file I/O runs on a dedicated thread.
 ///
 /// Reads ([`Store::get`], [`Store::list`]) come from the in-memory index, which the writer
-/// updates as it takes a batch, so a read may see a write whose future has not resolved yet (and
-/// would not survive a crash yet). The engine only lists at start-up, before any write.
+/// updates only once a batch is durable (just before answering it), so a read never shows an
+/// operation that a crash could still undo, nor one that was answered with an error.
+///
+/// An operation answered with an error never takes effect later: a batch whose append or fsync
+/// fails is cut back out of the log before its callers hear of it. If that fails too, they get
+/// [`Error::OutcomeUnknown`] instead (the operation may be in the log; a publish must not be
+/// repeated). Either way the store then refuses everything ([`Error::StoreFailed`]) until it is
+/// reopened.
 ///
 /// Clones are handles to the same open store. At most one store per directory can be open in
 /// a process ([`Error::AlreadyOpen`]), and in the whole system: an open store holds an

@@ -172,7 +172,9 @@ pub(super) struct Replay {
     pub(super) index: Index,
     /// Stretches in the middle of the log that are not valid records, with valid records after.
     pub(super) corrupt: Vec<Range<usize>>,
-    /// Where an invalid tail starts (an append that a crash cut short), if there is one.
+    /// Where an invalid tail starts, if there is one: usually an append that a crash cut short,
+    /// but possibly damage to the magic or length of the last record, so the writer saves and
+    /// reports these bytes before it truncates them.
     pub(super) torn_from: Option<usize>,
     /// How many records were applied.
     pub(super) records: usize,

@@ -1,10 +1,13 @@
 //! The writer thread: the only code that touches a store's files.
 //!
 //! Callers enqueue requests on a channel and await a oneshot reply. The thread takes every
-//! request waiting on the channel (up to a batch limit), applies them to the index, appends
-//! their records to the log with one write, fsyncs once, and only then answers all of them.
-//! That is group commit: with 64 concurrent writers one fsync serves many operations.
+//! request waiting on the channel (up to a batch limit), stages them against the index, appends
+//! their records to the log with one write, fsyncs once, and only then applies them to the
+//! index and answers all of them. That is group commit: with 64 concurrent writers one fsync
+//! serves many operations. A batch that fails is cut back out of the log before it is answered
+//! (see `Writer::commit`).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use super::fs::Fs;
 use super::meta;
 use super::record::{self, Record, HEADER_LEN};
 use super::{FileStoreOptions, Shared, StoreIdentity};
-use crate::store::{check_put, EntryKind, Key, QuarantineReport, StoredEntry};
+use crate::store::{check_put, EntryKind, Index, Key, QuarantineReport, StoredEntry};
 use crate::Error;
 
 pub(super) const LOG: &str = "log";
@@ -24,6 +27,12 @@ const LOG_COMPACT: &str = "log.compact";
 const META: &str = "meta";
 const META_TMP: &str = "meta.tmp";
 const QUARANTINE_PREFIX: &str = "quarantine-";
+/// Quarantine files: `quarantine-NNNNNN.bin`, or `.pending` while the open that wrote it has
+/// not succeeded yet (see `Writer::report_pending`).
+const SAVED: &str = ".bin";
+const PENDING: &str = ".pending";
+/// Part of the reason reported for an unparseable end of the log, which tests look for.
+pub(super) const TAIL: &str = "unparseable end of the log";
 
 pub(super) type Reply = oneshot::Sender<Result<(), Error>>;
 
@@ -107,10 +116,34 @@ impl Writer {
         let names = self.fs.list().map_err(io("listing the store directory"))?;
         self.next_quarantine = names
             .iter()
-            .filter_map(|n| n.strip_prefix(QUARANTINE_PREFIX)?.strip_suffix(".bin"))
+            .filter_map(|n| {
+                let n = n.strip_prefix(QUARANTINE_PREFIX)?;
+                n.strip_suffix(SAVED).or_else(|| n.strip_suffix(PENDING))
+            })
             .filter_map(|n| n.parse::<u64>().ok())
             .max()
             .map_or(0, |n| n + 1);
+        // Bytes an earlier open set aside and then failed (so never reported): report them now.
+        let mut pending: Vec<SetAside> = Vec::new();
+        let mut earlier: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with(QUARANTINE_PREFIX) && n.ends_with(PENDING))
+            .collect();
+        earlier.sort();
+        for name in earlier {
+            let len = self
+                .fs
+                .read(name)
+                .map_err(io("reading a quarantine file"))?
+                .map_or(0, |b| b.len());
+            pending.push(SetAside {
+                stem: name[..name.len() - PENDING.len()].to_owned(),
+                reason: "log bytes set aside by an earlier open that failed before it could \
+                         report them"
+                    .to_owned(),
+                len,
+            });
+        }
 
         match self
             .fs
@@ -168,30 +201,43 @@ impl Writer {
         *self.shared.lock_index() = replay.index;
 
         for range in &replay.corrupt {
-            let bytes = &file[range.clone()];
-            let report = self.save_quarantine(
-                None,
-                format!(
-                    "log bytes {}..{} are not a valid record (checksum or framing)",
-                    range.start, range.end
-                ),
-                bytes,
-            )?;
+            let stem = self.write_quarantine(&file[range.clone()], PENDING)?;
             tracing::warn!(
                 offset = range.start,
                 len = range.len(),
                 "session store: corrupt log stretch quarantined"
             );
-            self.shared.lock_quarantined().push(report);
+            pending.push(SetAside {
+                stem,
+                reason: format!(
+                    "log bytes {}..{} are not a valid record (checksum or framing)",
+                    range.start, range.end
+                ),
+                len: range.len(),
+            });
         }
         if let Some(from) = replay.torn_from {
-            // The tail of a crashed append: its operation never returned success, so it is
-            // dropped (and never read back as valid).
+            // An end of the log that does not parse. Usually the tail of an append that a crash
+            // cut short (never acknowledged), but the same bytes are what damage to the magic
+            // or length of the newest, acknowledged, record looks like: nothing tells the two
+            // apart. So the bytes are saved and reported first, fsynced before the truncation
+            // can be, and only then cut off (so that appends go on after valid records). A real
+            // torn append costs a quarantine file; damage is never a silent loss.
+            let stem = self.write_quarantine(&file[from..], PENDING)?;
             tracing::warn!(
                 offset = from,
                 len = file.len() - from,
-                "session store: torn log tail truncated"
+                "session store: unparseable log tail quarantined, then truncated"
             );
+            pending.push(SetAside {
+                stem,
+                reason: format!(
+                    "log bytes {from}..{}: {TAIL}, set aside and truncated (an append torn by a \
+                     crash, never acknowledged, or damage to the newest record)",
+                    file.len()
+                ),
+                len: file.len() - from,
+            });
             self.fs
                 .truncate(LOG, from as u64)
                 .map_err(io("truncating a torn log tail"))?;
@@ -202,17 +248,50 @@ impl Writer {
             // Rewrite without the corrupt stretches, so they are not found again next time.
             self.compact()?;
         }
+        self.report_pending(pending);
         Ok(())
     }
 
-    fn save_quarantine(
-        &mut self,
-        key: Option<Key>,
-        reason: String,
-        bytes: &[u8],
-    ) -> Result<QuarantineReport, Error> {
-        let name = format!("{QUARANTINE_PREFIX}{:06}.bin", self.next_quarantine);
+    /// Publishes the reports of what opening set aside, now that opening cannot fail any more.
+    ///
+    /// Opening saves damage as `.pending` files, then truncates or rewrites the log. Had it
+    /// failed after that, its error would have been the only answer, and the next open, finding
+    /// a clean log, would have nothing to report: so a `.pending` file is reported by every open
+    /// until one succeeds, and only then renamed to `.bin`. A failure of that rename (or of the
+    /// directory fsync after it) is no reason to fail an open that has done everything else: at
+    /// worst the bytes are reported again by the next open.
+    fn report_pending(&mut self, pending: Vec<SetAside>) {
+        let mut renamed = false;
+        for p in pending {
+            let (from, to) = (format!("{}{PENDING}", p.stem), format!("{}{SAVED}", p.stem));
+            let name = match self.fs.rename(&from, &to) {
+                Ok(()) => {
+                    renamed = true;
+                    to
+                }
+                Err(e) => {
+                    tracing::warn!(file = from, error = %e, "session store: keeping a quarantine file pending");
+                    from
+                }
+            };
+            let report = QuarantineReport::new(None, p.reason, Some(self.fs.path_of(&name)), p.len);
+            self.shared.lock_quarantined().push(report);
+        }
+        if renamed {
+            if let Err(e) = self.sync_dir() {
+                tracing::warn!(error = %e, "session store: quarantine files may be reported again");
+            }
+        }
+    }
+
+    /// Writes `bytes` to a new quarantine file (fsynced, with its directory entry) named with
+    /// `suffix`; returns the name without the suffix.
+    fn write_quarantine(&mut self, bytes: &[u8], suffix: &str) -> Result<String, Error> {
+        let stem = format!("{QUARANTINE_PREFIX}{:06}", self.next_quarantine);
+        // Counted before the write: a failed write may leave part of a file under this name,
+        // which is never overwritten.
         self.next_quarantine += 1;
+        let name = format!("{stem}{suffix}");
         self.fs
             .write_new(&name, bytes)
             .map_err(io("writing a quarantine file"))?;
@@ -221,10 +300,20 @@ impl Writer {
         // Written once and never appended to: keeping its handle would hold one descriptor
         // per quarantined entry for the store's lifetime.
         self.fs.close(&name);
+        Ok(stem)
+    }
+
+    fn save_quarantine(
+        &mut self,
+        key: Option<Key>,
+        reason: String,
+        bytes: &[u8],
+    ) -> Result<QuarantineReport, Error> {
+        let stem = self.write_quarantine(bytes, SAVED)?;
         Ok(QuarantineReport::new(
             key,
             reason,
-            Some(self.fs.path_of(&name)),
+            Some(self.fs.path_of(&format!("{stem}{SAVED}"))),
             bytes.len(),
         ))
     }
@@ -263,9 +352,14 @@ impl Writer {
             return;
         }
         let mut to_quarantine: Vec<(StoredEntry, String)> = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         self.buf.clear();
         {
-            let mut index = self.shared.lock_index();
+            // The batch is staged against the index without changing it: reads are served from
+            // the index, and it must never show an operation that has not reached the disk, or
+            // one of a batch that failed.
+            let index = self.shared.lock_index();
+            let mut stage = Stage::new(&index);
             for r in batch {
                 match r {
                     Request::Put {
@@ -275,34 +369,31 @@ impl Writer {
                         reply,
                     } => {
                         let res = check_put(key, kind, &value).map(|()| {
-                            let seq = index.put(key, kind, value.clone());
-                            record::encode(
-                                &mut self.buf,
-                                &Record::Put {
-                                    seq,
-                                    key,
-                                    kind,
-                                    value,
-                                },
-                            );
+                            let seq = stage.put(key, kind, value.clone());
+                            records.push(Record::Put {
+                                seq,
+                                key,
+                                kind,
+                                value,
+                            });
                         });
                         replies.push((reply, res));
                     }
                     Request::Delete { key, reply } => {
                         // Deleting an absent key changes nothing, so it writes nothing.
-                        if index.delete(key).is_some() {
-                            record::encode(&mut self.buf, &Record::Delete { key });
+                        if stage.delete(key).is_some() {
+                            records.push(Record::Delete { key });
                         }
                         replies.push((reply, Ok(())));
                     }
                     Request::Reset { reply } => {
-                        index.reset();
-                        record::encode(&mut self.buf, &Record::Reset);
+                        stage.reset();
+                        records.push(Record::Reset);
                         replies.push((reply, Ok(())));
                     }
                     Request::Quarantine { key, reason, reply } => {
-                        if let Some(entry) = index.delete(key) {
-                            record::encode(&mut self.buf, &Record::Delete { key });
+                        if let Some(entry) = stage.delete(key) {
+                            records.push(Record::Delete { key });
                             to_quarantine.push((entry, reason));
                         }
                         replies.push((reply, Ok(())));
@@ -310,17 +401,41 @@ impl Writer {
                 }
             }
         }
-        let result = self.commit(to_quarantine);
+        for r in &records {
+            record::encode(&mut self.buf, r);
+        }
+        let mut reports = Vec::with_capacity(to_quarantine.len());
+        let result = self.commit(to_quarantine, &mut reports);
         self.shared.operations.fetch_add(n, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(()) => answer(replies),
-            Err(e) => {
+            Ok(()) => {
+                {
+                    let mut index = self.shared.lock_index();
+                    for r in records {
+                        record::apply(&mut index, r);
+                    }
+                }
+                self.shared.lock_quarantined().extend(reports);
+                answer(replies);
+            }
+            Err(failure) => {
+                let e = match failure {
+                    Failure::NotDone(e) => e,
+                    Failure::Unknown(cause) => {
+                        // The quarantine files are whole and fsynced, and the log may or may
+                        // not still hold their entries: report where the bytes are.
+                        self.shared.lock_quarantined().extend(reports);
+                        Error::outcome_unknown(cause)
+                    }
+                };
                 self.fail(&e);
                 answer(
                     replies
                         .into_iter()
-                        .map(|(reply, _)| (reply, Err(e.clone())))
+                        // A put refused before it reached the log keeps its own error: it is
+                        // "not done" whatever happened to the batch.
+                        .map(|(reply, res)| (reply, res.and(Err(e.clone()))))
                         .collect(),
                 );
                 return;
@@ -342,12 +457,28 @@ impl Writer {
         self.shared.failed.store(true, Ordering::Release);
     }
 
-    fn commit(&mut self, to_quarantine: Vec<(StoredEntry, String)>) -> Result<(), Error> {
+    /// Makes the batch in `self.buf` durable, after saving the entries it quarantines (their
+    /// reports go to `reports`).
+    ///
+    /// On failure the batch is cut back out of the log (truncated to its length before the
+    /// batch, and fsynced), because its callers are told it failed, and a caller told so may
+    /// publish again: if the bytes stayed, a reopen in the same boot (the page cache survives
+    /// a process crash) or after a failed fsync that did reach the disk would replay them, and
+    /// the engine would resend the first copy too. Only if the cut-back fails as well is the
+    /// outcome unknown.
+    fn commit(
+        &mut self,
+        to_quarantine: Vec<(StoredEntry, String)>,
+        reports: &mut Vec<QuarantineReport>,
+    ) -> Result<(), Failure> {
         // Quarantined bytes are saved before the delete that drops them from the log becomes
         // durable, so a crash in between leaves the entry in both places, never in neither.
+        // A failure here has not touched the log: the entries are all still there.
         for (entry, reason) in to_quarantine {
-            let report = self.save_quarantine(Some(entry.key()), reason, entry.value())?;
-            self.shared.lock_quarantined().push(report);
+            let report = self
+                .save_quarantine(Some(entry.key()), reason, entry.value())
+                .map_err(Failure::NotDone)?;
+            reports.push(report);
         }
         if self.buf.is_empty() {
             return Ok(());
@@ -358,9 +489,34 @@ impl Writer {
             .append(LOG, &buf)
             .map_err(io("appending to the log"))
             .and_then(|()| self.sync(LOG));
-        self.log_len += buf.len() as u64;
+        let len = buf.len() as u64;
         self.buf = buf;
-        res
+        match res {
+            Ok(()) => {
+                self.log_len += len;
+                Ok(())
+            }
+            Err(e) => match self.cut_back() {
+                Ok(()) => Err(Failure::NotDone(e)),
+                Err(cut) => {
+                    tracing::error!(
+                        error = %e,
+                        cut_back = %cut,
+                        "session store: a failed batch could not be cut back out of the log; \
+                         its outcome is unknown until a reopen"
+                    );
+                    Err(Failure::Unknown(e))
+                }
+            },
+        }
+    }
+
+    /// Cuts the log back to its length before the current batch, durably.
+    fn cut_back(&mut self) -> Result<(), Error> {
+        self.fs
+            .truncate(LOG, self.log_len)
+            .map_err(io("cutting a failed batch out of the log"))?;
+        self.sync(LOG)
     }
 
     fn maybe_compact(&mut self) -> Result<(), Error> {
@@ -403,6 +559,81 @@ impl Writer {
         self.shared.compactions.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(bytes = out.len(), "session store: log compacted");
         Ok(())
+    }
+}
+
+/// A quarantine file written by opening, to be reported once opening has succeeded.
+#[derive(Debug)]
+struct SetAside {
+    /// The file name without its suffix.
+    stem: String,
+    reason: String,
+    len: usize,
+}
+
+/// Why a batch failed.
+#[derive(Debug)]
+enum Failure {
+    /// Nothing of the batch is in the log (it never got there, or it was cut back out).
+    NotDone(Error),
+    /// The batch may be in the log, whole or in part: every operation in it may have taken
+    /// effect. Its quarantine files were saved.
+    Unknown(Error),
+}
+
+/// A batch applied to a view of the index, leaving the index itself alone until the batch is
+/// durable: what each operation finds and the sequence numbers its puts get.
+struct Stage<'a> {
+    index: &'a Index,
+    /// Keys the batch put (`Some`) or removed (`None`) so far.
+    touched: HashMap<Key, Option<StoredEntry>>,
+    /// Whether the batch reset the store: every key not touched since is absent.
+    reset: bool,
+    next_seq: u64,
+}
+
+impl<'a> Stage<'a> {
+    fn new(index: &'a Index) -> Self {
+        Stage {
+            index,
+            touched: HashMap::new(),
+            reset: false,
+            next_seq: index.next_seq(),
+        }
+    }
+
+    fn get(&self, key: Key) -> Option<StoredEntry> {
+        match self.touched.get(&key) {
+            Some(e) => e.clone(),
+            None if self.reset => None,
+            None => self.index.get(key),
+        }
+    }
+
+    /// As [`Index::put`]: a present key keeps its sequence number.
+    fn put(&mut self, key: Key, kind: EntryKind, value: Bytes) -> u64 {
+        let seq = match self.get(key) {
+            Some(e) => e.seq(),
+            None => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                seq
+            }
+        };
+        self.touched
+            .insert(key, Some(StoredEntry::new(key, kind, seq, value)));
+        seq
+    }
+
+    fn delete(&mut self, key: Key) -> Option<StoredEntry> {
+        let entry = self.get(key)?;
+        self.touched.insert(key, None);
+        Some(entry)
+    }
+
+    fn reset(&mut self) {
+        self.reset = true;
+        self.touched.clear();
     }
 }
 
