@@ -264,9 +264,22 @@ impl Client {
     ///
     /// The outcome of a stored QoS 1/2 message survives the connection: if the link drops,
     /// this future stays pending until a later connection with the same session finishes the
-    /// exchange (or the server answers Session Present = 0:
-    /// [`SessionLost`](paho_session::Error::SessionLost)). A caller that will not reconnect
-    /// can race it with [`Client::closed`].
+    /// exchange. If the server has forgotten the session (Session Present = 0) the session's
+    /// [`SessionLostPolicy`](paho_session::SessionLostPolicy) decides: by default the message
+    /// is republished and this resolves with the new exchange's acknowledgement; under `Fail`
+    /// it fails with [`SessionLost`](paho_session::Error::SessionLost), carrying the message.
+    /// A caller that will not reconnect can race it with [`Client::closed`].
+    ///
+    /// # Errors: "not done" or "outcome unknown"
+    ///
+    /// An error means the message was **not stored** and publishing it again is safe
+    /// (invalid arguments, a capability the server lacks, a store write that failed and was
+    /// undone, a connection that closed before the message was handed over) — except one
+    /// for which [`Error::is_outcome_unknown`] is true: the message is (or may be) in the
+    /// session store, and the session cannot finish it here (the store failed after it was
+    /// stored, or the session was dropped with it unfinished). It is resent when the session
+    /// is reopened from the store; publishing it again would deliver it twice, which breaks
+    /// QoS 2.
     ///
     /// # Cancel safety
     ///

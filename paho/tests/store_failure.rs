@@ -138,7 +138,10 @@ async fn a_failed_put_is_not_stored_and_earlier_stored_publishes_are_outcome_unk
         store.fail_after_puts(0, false);
         let failed = client.start_publish(publish("t", QoS::ExactlyOnce, "put failed"));
         let e = failed.await.unwrap_err();
-        assert!(!e.is_outcome_unknown(), "its put failed, it is not stored: {e}");
+        assert!(
+            !e.is_outcome_unknown(),
+            "its put failed, it is not stored: {e}"
+        );
         let e = earlier.await.unwrap_err();
         assert!(
             e.is_outcome_unknown(),
