@@ -34,9 +34,11 @@
 //!   `scan` (parsing a segment and resynchronising after damage), `worker` (the I/O thread:
 //!   group commit, head loading, quarantine, segment rolling and reclaiming), `reader`
 //!   (buffered, read-ahead reading of head records), `recovery`
-//!   (opening a directory) and `guard` (one opener per directory: a process-wide registry plus
+//!   (opening a directory), `fs` (the file-system seam every file operation goes through;
+//!   unit tests put a simulated disk behind it) and `guard` (one opener per directory: a process-wide registry plus
 //!   a lock file against other processes).
-//! - `wait` and `oneshot`: small runtime-agnostic waiting primitives (no async runtime needed).
+//! - `wait`: runtime-agnostic, first-come-first-served waiting (no async runtime needed). The
+//!   I/O thread answers callers through `futures-channel`'s runtime-agnostic oneshot.
 //!
 //! # Example
 //!
@@ -74,7 +76,6 @@ mod error;
 mod file;
 mod limits;
 mod memory;
-mod oneshot;
 mod wait;
 
 use std::future::Future;

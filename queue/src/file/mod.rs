@@ -5,7 +5,12 @@
 //! the waiting futures need (counts, the loaded head, wakers, reports) sits behind one mutex
 //! that the worker updates after each committed batch.
 
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod fault;
 mod format;
+mod fs;
 mod guard;
 mod reader;
 mod recovery;
@@ -25,9 +30,9 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::limits::{Limits, Overflow};
-use crate::oneshot;
 use crate::wait::{lock, WaitFor, WakerSet};
 use crate::Queue;
+use futures_channel::oneshot;
 
 use format::{decode_file_header, Kind, QUARANTINE_MAGIC, RECORD_HEADER_LEN, UNKNOWN_SEQ};
 use worker::Worker;
@@ -55,6 +60,9 @@ pub(crate) struct Config {
     /// Unit tests only: the I/O thread panics in its first batch.
     #[cfg(test)]
     pub(crate) panic_in_batch: bool,
+    /// Unit tests only: a simulated disk instead of the real file system.
+    #[cfg(test)]
+    pub(crate) fault_fs: Option<fault::FaultFs>,
 }
 
 /// Requests from async callers to the I/O thread.
@@ -75,6 +83,9 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Unit tests only: commands that must form one batch (or part of one).
+    #[cfg(test)]
+    Many(Vec<Command>),
 }
 
 /// What async callers can see without asking the I/O thread.
@@ -189,8 +200,11 @@ impl FileQueueBuilder {
     /// Dropping the future after the first poll drops the half-open queue, which waits for
     /// recovery to finish on the calling thread.
     pub async fn open(self) -> Result<FileQueue> {
-        let (queue, ready) = self.start()?;
-        ready.await.map_err(|_| Error::Closed)??;
+        let (tx, rx) = oneshot::channel();
+        let queue = self.start(move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| Error::Closed)??;
         Ok(queue)
     }
 
@@ -200,16 +214,21 @@ impl FileQueueBuilder {
     /// # Errors
     /// As for [`open`](FileQueueBuilder::open).
     pub fn open_blocking(self) -> Result<FileQueue> {
-        let (queue, ready) = self.start()?;
-        ready.recv_blocking().map_err(|_| Error::Closed)??;
+        // A plain channel: this caller blocks its thread anyway.
+        let (tx, rx) = mpsc::sync_channel(1);
+        let queue = self.start(move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().map_err(|_| Error::Closed)??;
         Ok(queue)
     }
 
-    fn start(self) -> Result<(FileQueue, oneshot::Receiver<Result<()>>)> {
+    /// Spawns the I/O thread, which recovers the directory and then calls `ready` with the
+    /// outcome (having released the directory first if recovery failed).
+    fn start(self, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<FileQueue> {
         self.validate()?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
         let cfg = self.cfg.clone();
         let worker_shared = Arc::clone(&shared);
         let on_panic = FailOnPanic(Arc::clone(&shared));
@@ -220,28 +239,25 @@ impl FileQueueBuilder {
                 let mut worker = Worker::new(cfg, worker_shared);
                 match worker.recover() {
                     Ok(()) => {
-                        ready_tx.send(Ok(()));
+                        ready(Ok(()));
                         worker.run(rx);
                     }
                     Err(e) => {
                         // Release the directory (and every handle) before answering, so a
                         // caller that retries at once does not see `AlreadyOpen`.
                         drop(worker);
-                        ready_tx.send(Err(e));
+                        ready(Err(e));
                     }
                 }
             })
             .map_err(Error::io("spawning the queue's I/O thread"))?;
-        Ok((
-            FileQueue {
-                shared,
-                tx: Some(tx),
-                thread: Some(thread),
-                limits: self.cfg.limits,
-                dir: self.cfg.dir,
-            },
-            ready_rx,
-        ))
+        Ok(FileQueue {
+            shared,
+            tx: Some(tx),
+            thread: Some(thread),
+            limits: self.cfg.limits,
+            dir: self.cfg.dir,
+        })
     }
 }
 
@@ -260,6 +276,8 @@ impl FileQueue {
                 pause_fsync: None,
                 #[cfg(test)]
                 panic_in_batch: false,
+                #[cfg(test)]
+                fault_fs: None,
             },
         }
     }
