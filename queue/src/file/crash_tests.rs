@@ -248,7 +248,7 @@ fn every_failure_point_leaves_images_that_match_what_callers_were_told() {
         assert!(!told.any_error, "{told:?}");
         assert!(told.enqueued.len() == 33 && told.removed.len() == 28);
         let total = fs.ops_done();
-        assert!(total > 60, "workload too small to be interesting: {total}");
+        assert!(total > 40, "workload too small to be interesting: {total}");
         // Segments were rolled and reclaimed.
         assert!(fs.names().iter().filter(|n| n.starts_with("seg-")).count() < 3);
 
