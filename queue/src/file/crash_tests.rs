@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::fault::{CrashKind, Failure, FaultFs};
+use super::fs::Fs;
 use super::*;
 
 /// The simulated disk has only `/sim`; the queue lives three levels below it, so opening it
@@ -45,17 +46,27 @@ fn id_of(p: &[u8]) -> u32 {
     id
 }
 
-/// One batch: enqueue these ids, after removing this many entries from the head.
+/// One batch: enqueue these ids, after removing this many entries from the head (the first
+/// of them quarantined if `quarantine`).
 #[derive(Debug, Clone)]
 struct Step {
     remove: usize,
+    quarantine: bool,
     enqueue: Vec<u32>,
 }
 
 fn step(remove: usize, enqueue: impl IntoIterator<Item = u32>) -> Step {
     Step {
         remove,
+        quarantine: false,
         enqueue: enqueue.into_iter().collect(),
+    }
+}
+
+fn quarantine_then(remove: usize, enqueue: impl IntoIterator<Item = u32>) -> Step {
+    Step {
+        quarantine: true,
+        ..step(remove, enqueue)
     }
 }
 
@@ -73,12 +84,12 @@ fn workload() -> Vec<Step> {
         step(6, 18..=20),
         step(0, 21..=29),
         step(4, []),
-        step(1, [30]),
+        quarantine_then(1, [30]),
         step(9, []),
         step(0, [31]),
         step(1, []),
         step(0, [32, 33]),
-        step(3, []),
+        quarantine_then(3, []),
         step(1, []),
     ]
 }
@@ -93,6 +104,8 @@ struct Told {
     /// Enqueues and removals answered `OutcomeUnknown`.
     enqueue_unknown: BTreeSet<u32>,
     removed: BTreeSet<u32>,
+    /// The removals of `removed` that were quarantines.
+    quarantined: BTreeSet<u32>,
     remove_failed: BTreeSet<u32>,
     remove_unknown: BTreeSet<u32>,
     /// Some operation (or the open, or the close) returned an error.
@@ -119,14 +132,15 @@ async fn run(fs: &FaultFs) -> Told {
         let mut cmds = Vec::new();
         let mut removes = Vec::new();
         let mut enqueues = Vec::new();
-        for &(seq, id) in live.iter().take(s.remove) {
+        for (k, &(seq, id)) in live.iter().take(s.remove).enumerate() {
             let (reply, rx) = oneshot::channel();
+            let quarantine = s.quarantine && k == 0;
             cmds.push(Command::Finish {
                 seq,
-                quarantine: false,
+                quarantine,
                 reply,
             });
-            removes.push((id, rx));
+            removes.push((id, quarantine, rx));
         }
         for &id in &s.enqueue {
             let (reply, rx) = oneshot::channel();
@@ -140,10 +154,13 @@ async fn run(fs: &FaultFs) -> Told {
         }
         q.send(Command::Many(cmds)).unwrap();
         let mut failed = false;
-        for (id, rx) in removes {
+        for (id, quarantine, rx) in removes {
             match rx.await.unwrap() {
                 Ok(()) => {
                     told.removed.insert(id);
+                    if quarantine {
+                        told.quarantined.insert(id);
+                    }
                     live.pop_front();
                 }
                 Err(e) if e.is_outcome_unknown() => {
@@ -205,7 +222,26 @@ async fn run(fs: &FaultFs) -> Told {
 /// "not done" error is there (a removal answered so left its entry in place); only
 /// `OutcomeUnknown` operations may go either way.
 async fn check_image(fs: &FaultFs, kind: CrashKind, told: &Told, ctx: &str) {
-    let image = fs.crash_image(kind);
+    let mut image = fs.crash_image(kind);
+    // Quarantined copies: every quarantine answered Ok is there, and no entry whose removal
+    // was answered "not done" (a quarantine in a batch that was cut back).
+    let copies: BTreeSet<u32> = match image.read(QUARANTINE_FILE) {
+        Ok(data) => parse_quarantine(&data)
+            .iter()
+            .filter(|r| r.intact() && r.reason() == Some(QuarantineReason::Unreadable))
+            .map(|r| id_of(r.data()))
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    };
+    for id in &told.quarantined {
+        assert!(copies.contains(id), "{ctx} {kind:?}: quarantined {id} lost");
+    }
+    for id in &copies {
+        assert!(
+            told.quarantined.contains(id) || told.remove_unknown.contains(id),
+            "{ctx} {kind:?}: {id} in quarantine, told {told:?}"
+        );
+    }
     let q = match builder(&image).open().await {
         Ok(q) => q,
         Err(e) => panic!("{ctx} {kind:?}: reopening failed: {e}"),
@@ -247,6 +283,7 @@ fn every_failure_point_leaves_images_that_match_what_callers_were_told() {
         let told = run(&fs).await;
         assert!(!told.any_error, "{told:?}");
         assert!(told.enqueued.len() == 33 && told.removed.len() == 28);
+        assert_eq!(told.quarantined.len(), 2);
         let total = fs.ops_done();
         assert!(total > 40, "workload too small to be interesting: {total}");
         // Segments were rolled and reclaimed.
@@ -255,28 +292,39 @@ fn every_failure_point_leaves_images_that_match_what_callers_were_told() {
         let mut unknown = 0;
         let mut cut_back = 0;
         for n in 0..total {
+            // (sticky, persists, then_from): one failure; the disk gone from then on; and one
+            // failure followed by the disk going away during the reaction to it (the cut-back
+            // has at most six operations).
+            let mut modes: Vec<(bool, bool, Option<u64>)> = Vec::new();
             for sticky in [false, true] {
-                for sync_persists in [false, true] {
-                    let fs = new_disk();
-                    fs.set_failure(Failure {
-                        at: Some(n),
-                        sticky,
-                        sync_persists,
-                    });
-                    let told = run(&fs).await;
-                    let ctx = format!("n = {n}, sticky = {sticky}, persists = {sync_persists}");
-                    assert!(told.any_error, "failure not reported: {ctx}");
-                    if !told.enqueue_unknown.is_empty() || !told.remove_unknown.is_empty() {
-                        unknown += 1;
-                    }
-                    let failed_plainly =
-                        !told.enqueue_failed.is_empty() || !told.remove_failed.is_empty();
-                    if !sticky && failed_plainly {
-                        cut_back += 1;
-                    }
-                    for kind in [CrashKind::SyncedOnly, CrashKind::PageCache] {
-                        check_image(&fs, kind, &told, &ctx).await;
-                    }
+                for persists in [false, true] {
+                    modes.push((sticky, persists, None));
+                }
+            }
+            modes.extend((n + 1..=n + 6).map(|m| (false, true, Some(m))));
+            for (sticky, sync_persists, then_from) in modes {
+                let fs = new_disk();
+                fs.set_failure(Failure {
+                    at: Some(n),
+                    sticky,
+                    sync_persists,
+                    then_from,
+                });
+                let told = run(&fs).await;
+                let ctx = format!(
+                    "n = {n}, sticky = {sticky}, persists = {sync_persists}, then {then_from:?}"
+                );
+                assert!(told.any_error, "failure not reported: {ctx}");
+                if !told.enqueue_unknown.is_empty() || !told.remove_unknown.is_empty() {
+                    unknown += 1;
+                }
+                let failed_plainly =
+                    !told.enqueue_failed.is_empty() || !told.remove_failed.is_empty();
+                if !sticky && then_from.is_none() && failed_plainly {
+                    cut_back += 1;
+                }
+                for kind in [CrashKind::SyncedOnly, CrashKind::PageCache] {
+                    check_image(&fs, kind, &told, &ctx).await;
                 }
             }
         }
@@ -340,6 +388,7 @@ fn an_enqueue_whose_fsync_failed_is_never_found_again() {
             at: Some(fs.ops_done() + 1),
             sticky: false,
             sync_persists: true,
+            then_from: None,
         });
         let r = q.enqueue(payload(2), UNIX_EPOCH).await;
         assert!(matches!(r, Err(Error::Io { .. })), "{r:?}");
@@ -398,6 +447,7 @@ fn a_batch_that_failed_after_rolling_is_cut_back_whole() {
             at: Some(fs.ops_done() + last),
             sticky: false,
             sync_persists: true,
+            then_from: None,
         });
         for rx in batch(&q) {
             let r = rx.await.unwrap();
@@ -429,6 +479,7 @@ fn a_failed_cut_back_answers_outcome_unknown() {
             at: Some(fs.ops_done() + 1),
             sticky: true,
             sync_persists: true,
+            then_from: None,
         });
         let r = q.enqueue(payload(2), UNIX_EPOCH).await;
         let Err(e) = r else { panic!("{r:?}") };
@@ -479,6 +530,7 @@ fn a_failure_after_the_commit_answers_the_batch_ok() {
                     at: Some(fs.ops_done() + 2),
                     sticky: false,
                     sync_persists: false,
+                    then_from: None,
                 });
                 q.finish(e, Finish::Remove).await.unwrap();
                 break;

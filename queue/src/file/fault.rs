@@ -26,6 +26,9 @@ pub(crate) struct Failure {
     /// Every operation after the failing one fails too (the disk is gone), rather than only
     /// that one (a transient ENOSPC or EIO).
     pub(crate) sticky: bool,
+    /// Every operation from this one on fails as well (the disk goes away part-way through
+    /// the queue's reaction to the first failure).
+    pub(crate) then_from: Option<u64>,
     /// A failing sync still makes the data durable before it reports the error: POSIX leaves
     /// it unspecified, so the queue must not rely on a failed sync having persisted nothing.
     pub(crate) sync_persists: bool,
@@ -165,6 +168,9 @@ impl FaultFs {
     fn step(d: &mut Disk) -> bool {
         let n = d.ops_done;
         d.ops_done += 1;
+        if d.failure.then_from.is_some_and(|m| n >= m) {
+            return true;
+        }
         match d.failure.at {
             Some(at) if n == at => true,
             Some(at) => d.failure.sticky && n > at,

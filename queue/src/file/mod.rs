@@ -317,33 +317,7 @@ impl FileQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("reading the quarantine file")(e)),
         };
-        let start = if decode_file_header(&data, QUARANTINE_MAGIC).is_some() {
-            format::FILE_HEADER_LEN
-        } else {
-            0
-        };
-        let mut out = Vec::new();
-        for item in scan::scan(&data, start) {
-            if let scan::Item::Record {
-                offset,
-                header,
-                data_ok,
-            } = item
-            {
-                if header.kind != Kind::Quarantined {
-                    continue;
-                }
-                let s = offset as usize + RECORD_HEADER_LEN;
-                out.push(QuarantinedRecord {
-                    seq: (header.seq != UNKNOWN_SEQ).then_some(header.seq),
-                    reason: QuarantineReason::from_code(header.flag),
-                    enqueued_at_ms: header.time_ms,
-                    data: Bytes::copy_from_slice(&data[s..s + header.len as usize]),
-                    intact: data_ok,
-                });
-            }
-        }
-        Ok(out)
+        Ok(parse_quarantine(&data))
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -396,6 +370,37 @@ impl FileQueue {
             armed: true,
         })
     }
+}
+
+/// The records of a quarantine file's contents, oldest first.
+fn parse_quarantine(data: &[u8]) -> Vec<QuarantinedRecord> {
+    let start = if decode_file_header(data, QUARANTINE_MAGIC).is_some() {
+        format::FILE_HEADER_LEN
+    } else {
+        0
+    };
+    let mut out = Vec::new();
+    for item in scan::scan(data, start) {
+        if let scan::Item::Record {
+            offset,
+            header,
+            data_ok,
+        } = item
+        {
+            if header.kind != Kind::Quarantined {
+                continue;
+            }
+            let s = offset as usize + RECORD_HEADER_LEN;
+            out.push(QuarantinedRecord {
+                seq: (header.seq != UNKNOWN_SEQ).then_some(header.seq),
+                reason: QuarantineReason::from_code(header.flag),
+                enqueued_at_ms: header.time_ms,
+                data: Bytes::copy_from_slice(&data[s..s + header.len as usize]),
+                intact: data_ok,
+            });
+        }
+    }
+    out
 }
 
 /// Held by the I/O thread: if it unwinds, the queue is marked failed and every waiter woken.

@@ -90,6 +90,8 @@ struct Mark {
     segment: Option<(u64, u64)>,
     /// Segments this batch created (or tried to create), newest last.
     created: Vec<u64>,
+    /// The quarantine file's length when the batch started (or when the batch opened it).
+    quarantine: Option<u64>,
 }
 
 /// How a batch ended, for the answers to its callers.
@@ -120,6 +122,8 @@ pub(crate) struct Worker {
     pub(crate) reader: Option<SegmentReader>,
     /// Whether the quarantine file exists with its header (it is created on first use).
     pub(crate) quarantine_open: bool,
+    /// The quarantine file's length, once open.
+    quarantine_len: u64,
     pub(crate) index: VecDeque<Slot>,
     pub(crate) live_bytes: u64,
     pub(crate) next_seq: u64,
@@ -233,6 +237,7 @@ impl Worker {
             segments: VecDeque::new(),
             reader: None,
             quarantine_open: false,
+            quarantine_len: 0,
             index: VecDeque::new(),
             live_bytes: 0,
             next_seq: 1,
@@ -288,6 +293,7 @@ impl Worker {
         self.mark = Mark {
             segment: self.segments.back().map(|s| (s.base, s.len)),
             created: Vec::new(),
+            quarantine: self.quarantine_open.then_some(self.quarantine_len),
         };
         let mut answers = Vec::with_capacity(batch.len());
         let mut need_sync = false;
@@ -392,11 +398,18 @@ impl Worker {
     /// Segments created by the batch are removed first (and the directory synced), then the
     /// segment that was newest when the batch started is truncated to its length then and
     /// synced. In that order a crash part-way never leaves a newer segment of the batch behind
-    /// an older one whose records are gone.
+    /// an older one whose records are gone. The quarantine file is cut back last: a crash
+    /// before that leaves a copy of an entry that is still queued, never an entry that was
+    /// removed without its copy.
     fn cut_back(&mut self) -> BatchEnd {
         match self.try_cut_back() {
             Ok(()) => {
                 tracing::warn!("paho-queue: the failed batch was cut back out of the queue");
+                // Nothing of the batch happened: no drop or quarantine to report or count.
+                self.pending = Pending {
+                    fsyncs: self.pending.fsyncs,
+                    ..Pending::default()
+                };
                 BatchEnd::CutBack
             }
             Err(e) => {
@@ -452,6 +465,18 @@ impl Worker {
         )?;
         if let Some(seg) = self.segments.back_mut().filter(|s| s.base == base) {
             seg.len = len;
+        }
+        if let Some(len) = self.mark.quarantine.filter(|&l| l < self.quarantine_len) {
+            self.fs
+                .truncate(QUARANTINE_FILE, len)
+                .map_err(Error::io("cutting the quarantine file back"))?;
+            self.fsync.all(
+                &mut *self.fs,
+                QUARANTINE_FILE,
+                &mut self.pending,
+                "syncing the cut-back quarantine file",
+            )?;
+            self.quarantine_len = len;
         }
         Ok(())
     }
@@ -782,13 +807,17 @@ impl Worker {
                     .create(QUARANTINE_FILE)
                     .map_err(Error::io("creating the quarantine file"))?;
             }
-            if len.unwrap_or(0) == 0 {
+            self.quarantine_len = len.unwrap_or(0);
+            if self.quarantine_len == 0 {
                 self.fs
                     .append(QUARANTINE_FILE, &encode_file_header(QUARANTINE_MAGIC, 0))
                     .map_err(Error::io("writing the quarantine header"))?;
+                self.quarantine_len = FILE_HEADER_LEN as u64;
                 self.sync_dir()?;
             }
             self.quarantine_open = true;
+            // Opened by this batch: a cut-back goes back to here.
+            self.mark.quarantine.get_or_insert(self.quarantine_len);
         }
         let mut rec = Vec::with_capacity(RECORD_HEADER_LEN + data.len().min(1 << 20));
         // A garbled range can in theory exceed the record limit: split it.
@@ -814,6 +843,8 @@ impl Worker {
                 part,
             );
         }
+        // Counted before the write: a failed write may still have put part of it down.
+        self.quarantine_len += rec.len() as u64;
         self.fs
             .append(QUARANTINE_FILE, &rec)
             .map_err(Error::io("writing the quarantine file"))?;
