@@ -9,7 +9,10 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file operation failed. `op` names what the queue was doing.
+    /// A file operation failed. `op` names what the queue was doing. The operation did not
+    /// take effect and never will: a [`FileQueue`](crate::FileQueue) batch that fails is cut
+    /// back out of the queue files before anyone is answered (see [`Error::OutcomeUnknown`] for
+    /// when that fails too).
     #[error("queue I/O failed while {op}: {source}")]
     Io {
         /// What the queue was doing, e.g. "appending a batch".

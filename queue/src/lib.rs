@@ -104,7 +104,9 @@ pub trait Queue: Send + Sync {
     /// queues behind them even if its entry would fit, so a large entry is never starved.
     ///
     /// # Errors
-    /// [`Error::EntryTooLarge`], [`Error::Full`], and for [`FileQueue`] I/O errors.
+    /// [`Error::EntryTooLarge`], [`Error::Full`], and for [`FileQueue`] I/O errors. An error
+    /// means the entry was not enqueued and never will be (it is safe to enqueue it again),
+    /// except [`Error::OutcomeUnknown`]: the entry may or may not be in the queue.
     ///
     /// # Cancel safety
     /// Dropping the future while it waits for room (policy `Block`) enqueues nothing and gives
@@ -140,7 +142,8 @@ pub trait Queue: Send + Sync {
     /// unless [`FileQueueBuilder::sync_removals`] was turned off).
     ///
     /// # Errors
-    /// [`Error::NotHead`] if `entry` is no longer the head; I/O errors for [`FileQueue`].
+    /// [`Error::NotHead`] if `entry` is no longer the head; I/O errors for [`FileQueue`]
+    /// (the entry stays in the queue), or [`Error::OutcomeUnknown`] (it may come back).
     ///
     /// # Cancel safety
     /// Once polled, the removal has been handed to the I/O thread and happens even if the

@@ -234,3 +234,27 @@ pub(crate) fn create_dir_durably(fs: &mut dyn Fs, dir: &Path) -> io::Result<usiz
     }
     Ok(missing.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the real file system: every missing level is created, an existing directory needs
+    /// nothing, and a path through a regular file is an error, not a panic.
+    #[test]
+    fn creating_a_nested_directory_on_the_real_file_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a").join("b").join("queue");
+        let mut fs = RealFs::new(dir.clone());
+        assert_eq!(create_dir_durably(&mut fs, &dir).unwrap(), 3);
+        assert!(dir.is_dir());
+        assert_eq!(create_dir_durably(&mut fs, &dir).unwrap(), 0);
+
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let below = file.join("queue");
+        let mut fs = RealFs::new(below.clone());
+        assert!(create_dir_durably(&mut fs, &below).is_err());
+        assert!(create_dir_durably(&mut fs, &file).is_err());
+    }
+}

@@ -137,6 +137,9 @@ impl Shared {
 /// - Segments are deleted once every entry in them is consumed.
 /// - Opening reads and checks every record once; damage is quarantined and reported via
 ///   [`Queue::take_reports`], never returned as data.
+/// - An operation answered with an error never takes effect later: a batch whose write or
+///   fsync fails is cut back out of the files first. If that fails too, the answer is
+///   [`Error::OutcomeUnknown`]. After either, the queue has failed until reopened.
 /// - One opener at a time: the directory is locked (a file named `lock` in it) while the queue
 ///   is open, so a second open, in this process or another, fails with [`Error::AlreadyOpen`].
 ///
