@@ -58,8 +58,9 @@ pub enum Error {
     /// A write or fsync failed, and so did cutting the failed batch back out of the queue
     /// files: the operation **may or may not have taken effect**. For an enqueue, the entry
     /// may be found (and delivered) after the queue is reopened, or it may not; **do not
-    /// enqueue it again blindly**, or it may be delivered twice. For a removal, the entry may
-    /// come back. The queue has failed (every later call returns [`Error::Failed`]); reopen it
+    /// enqueue it again blindly**, or it may be delivered twice (and under
+    /// [`Overflow::DropOldest`](crate::Overflow::DropOldest) the entries it would have dropped
+    /// may be gone). For a removal, the entry may come back. The queue has failed (every later call returns [`Error::Failed`]); reopen it
     /// and look at what it holds. Every other error of an operation means "not done": nothing
     /// of it will ever be found. See [`Error::is_outcome_unknown`].
     #[error(

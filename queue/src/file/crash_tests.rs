@@ -32,6 +32,22 @@ fn builder(fs: &FaultFs) -> FileQueueBuilder {
     b
 }
 
+/// The queue variants the sweep runs: unbounded, or at most 6 entries with the oldest dropped
+/// (the drops are committed in the enqueue's batch, so they must be cut back with it).
+fn builder_for(fs: &FaultFs, drop_oldest: bool) -> FileQueueBuilder {
+    let b = builder(fs);
+    if drop_oldest {
+        let limits = Limits::builder()
+            .max_entries(6)
+            .overflow(Overflow::DropOldest)
+            .build()
+            .unwrap();
+        b.limits(limits)
+    } else {
+        b
+    }
+}
+
 /// Entry `id`'s payload: the id, then filler; 300 to 800 bytes, so a 4 KiB segment holds a few.
 fn payload(id: u32) -> Bytes {
     let len = 300 + (id as usize * 137) % 500;
@@ -120,9 +136,9 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// Runs the workload on `fs` (failing as set), stopping at the first error, and closes the
 /// queue. Returns what the callers were told.
-async fn run(fs: &FaultFs) -> Told {
+async fn run(fs: &FaultFs, drop_oldest: bool) -> Told {
     let mut told = Told::default();
-    let Ok(q) = builder(fs).open().await else {
+    let Ok(q) = builder_for(fs, drop_oldest).open().await else {
         told.any_error = true;
         return told;
     };
@@ -178,9 +194,21 @@ async fn run(fs: &FaultFs) -> Told {
                 Ok(e) => {
                     told.enqueued.push(id);
                     live.push_back((e.seq(), id));
+                    // Dropped to make room: gone as surely as a removal answered Ok.
+                    for d in e.dropped() {
+                        let pos = live.iter().position(|l| l.0 == d.seq());
+                        let Some((_, gone)) = pos.and_then(|p| live.remove(p)) else {
+                            panic!("dropped {} was not live", d.seq());
+                        };
+                        told.removed.insert(gone);
+                    }
                 }
                 Err(e) if e.is_outcome_unknown() => {
                     told.enqueue_unknown.insert(id);
+                    // Whatever the batch would have dropped may be gone too.
+                    if drop_oldest {
+                        told.remove_unknown.extend(live.iter().map(|l| l.1));
+                    }
                     failed = true;
                 }
                 Err(_) => {
@@ -221,7 +249,7 @@ async fn run(fs: &FaultFs) -> Told {
 /// Ok is there unless its removal was answered Ok, in order, intact; nothing answered with a
 /// "not done" error is there (a removal answered so left its entry in place); only
 /// `OutcomeUnknown` operations may go either way.
-async fn check_image(fs: &FaultFs, kind: CrashKind, told: &Told, ctx: &str) {
+async fn check_image(fs: &FaultFs, kind: CrashKind, told: &Told, ctx: &str, drop_oldest: bool) {
     let mut image = fs.crash_image(kind);
     // Quarantined copies: every quarantine answered Ok is there, and no entry whose removal
     // was answered "not done" (a quarantine in a batch that was cut back).
@@ -242,7 +270,7 @@ async fn check_image(fs: &FaultFs, kind: CrashKind, told: &Told, ctx: &str) {
             "{ctx} {kind:?}: {id} in quarantine, told {told:?}"
         );
     }
-    let q = match builder(&image).open().await {
+    let q = match builder_for(&image, drop_oldest).open().await {
         Ok(q) => q,
         Err(e) => panic!("{ctx} {kind:?}: reopening failed: {e}"),
     };
@@ -272,18 +300,34 @@ async fn check_image(fs: &FaultFs, kind: CrashKind, told: &Told, ctx: &str) {
     }
 }
 
-/// The sweep: for every operation N of the workload, make N fail, in four ways (only N, or N
-/// and everything after; a failing sync that persisted nothing, or one that persisted the data
-/// anyway), and check both crash images.
+/// The sweep: for every operation N of the workload, make N fail, in several ways (only N, or
+/// N and everything after, or N and then everything from a few operations later; a failing
+/// sync that persisted nothing, or one that persisted the data anyway), and check both crash
+/// images.
 #[test]
 fn every_failure_point_leaves_images_that_match_what_callers_were_told() {
+    sweep(false);
+}
+
+/// The same with `Overflow::DropOldest`, whose drops are part of the enqueue's batch.
+#[test]
+fn every_failure_point_with_drop_oldest_matches_what_callers_were_told() {
+    sweep(true);
+}
+
+fn sweep(drop_oldest: bool) {
     let rt = rt();
     rt.block_on(async {
         let fs = new_disk();
-        let told = run(&fs).await;
+        let told = run(&fs, drop_oldest).await;
         assert!(!told.any_error, "{told:?}");
-        assert!(told.enqueued.len() == 33 && told.removed.len() == 28);
-        assert_eq!(told.quarantined.len(), 2);
+        assert_eq!(told.enqueued.len(), 33);
+        if drop_oldest {
+            assert!(told.removed.len() > 28, "nothing dropped: {told:?}");
+        } else {
+            assert_eq!(told.removed.len(), 28);
+            assert_eq!(told.quarantined.len(), 2);
+        }
         let total = fs.ops_done();
         assert!(total > 40, "workload too small to be interesting: {total}");
         // Segments were rolled and reclaimed.
@@ -310,7 +354,7 @@ fn every_failure_point_leaves_images_that_match_what_callers_were_told() {
                     sync_persists,
                     then_from,
                 });
-                let told = run(&fs).await;
+                let told = run(&fs, drop_oldest).await;
                 let ctx = format!(
                     "n = {n}, sticky = {sticky}, persists = {sync_persists}, then {then_from:?}"
                 );
@@ -324,7 +368,7 @@ fn every_failure_point_leaves_images_that_match_what_callers_were_told() {
                     cut_back += 1;
                 }
                 for kind in [CrashKind::SyncedOnly, CrashKind::PageCache] {
-                    check_image(&fs, kind, &told, &ctx).await;
+                    check_image(&fs, kind, &told, &ctx, drop_oldest).await;
                 }
             }
         }
