@@ -744,8 +744,8 @@ impl Worker {
 
     /// The reader of `segment` and the file system to read it with.
     fn reader_for(&mut self, segment: u64) -> (&mut SegmentReader, &mut dyn Fs) {
-        if self.reader.as_ref().is_none_or(|r| r.segment() != segment) {
-            self.reader = Some(SegmentReader::new(segment_name(segment), segment));
+        if self.reader.as_ref().is_some_and(|r| r.segment() != segment) {
+            self.reader = None;
         }
         let reader = self
             .reader
