@@ -9,7 +9,10 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file operation failed. `op` names what the queue was doing.
+    /// A file operation failed. `op` names what the queue was doing. The operation did not
+    /// take effect and never will: a [`FileQueue`](crate::FileQueue) batch that fails is cut
+    /// back out of the queue files before anyone is answered (see [`Error::OutcomeUnknown`] for
+    /// when that fails too).
     #[error("queue I/O failed while {op}: {source}")]
     Io {
         /// What the queue was doing, e.g. "appending a batch".
@@ -52,6 +55,27 @@ pub enum Error {
     /// the queue refuses further work; reopen it to recover from what is on disk.
     #[error("the queue failed earlier and must be reopened: {0}")]
     Failed(String),
+    /// A write or fsync failed, and so did cutting the failed batch back out of the queue
+    /// files: the operation **may or may not have taken effect**. For an enqueue, the entry
+    /// may be found (and delivered) after the queue is reopened, or it may not; **do not
+    /// enqueue it again blindly**, or it may be delivered twice (and under
+    /// [`Overflow::DropOldest`](crate::Overflow::DropOldest) the entries it would have dropped
+    /// may be gone). For a removal, the entry may come back. The queue has failed (every later call returns [`Error::Failed`]); reopen it
+    /// and look at what it holds. Every other error of an operation means "not done": nothing
+    /// of it will ever be found. See [`Error::is_outcome_unknown`].
+    #[error(
+        "outcome unknown, the operation may or may not have taken effect ({failure}); \
+         cutting it back failed while {op}: {source}"
+    )]
+    OutcomeUnknown {
+        /// The failure that failed the operation's batch.
+        failure: String,
+        /// What the queue was doing when cutting the batch back failed.
+        op: &'static str,
+        /// The error that stopped the cut-back.
+        #[source]
+        source: io::Error,
+    },
     /// A [`FileQueue`](crate::FileQueue) is already open on the directory, in this process or
     /// in another one (the directory is locked for as long as a queue has it open).
     #[error("queue directory {} is already open (in this or another process)", dir.display())]
@@ -65,6 +89,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the operation may still have taken effect ([`Error::OutcomeUnknown`]): an
+    /// enqueue answered so must not be repeated blindly. `false` for every other error, which
+    /// means the operation did not take effect and never will.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
     pub(crate) fn io(op: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Io { op, source }
     }

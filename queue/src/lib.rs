@@ -34,9 +34,11 @@
 //!   `scan` (parsing a segment and resynchronising after damage), `worker` (the I/O thread:
 //!   group commit, head loading, quarantine, segment rolling and reclaiming), `reader`
 //!   (buffered, read-ahead reading of head records), `recovery`
-//!   (opening a directory) and `guard` (one opener per directory: a process-wide registry plus
+//!   (opening a directory), `fs` (the file-system seam every file operation goes through;
+//!   unit tests put a simulated disk behind it) and `guard` (one opener per directory: a process-wide registry plus
 //!   a lock file against other processes).
-//! - `wait` and `oneshot`: small runtime-agnostic waiting primitives (no async runtime needed).
+//! - `wait`: runtime-agnostic, first-come-first-served waiting (no async runtime needed). The
+//!   I/O thread answers callers through `futures-channel`'s runtime-agnostic oneshot.
 //!
 //! # Example
 //!
@@ -74,7 +76,6 @@ mod error;
 mod file;
 mod limits;
 mod memory;
-mod oneshot;
 mod wait;
 
 use std::future::Future;
@@ -103,7 +104,9 @@ pub trait Queue: Send + Sync {
     /// queues behind them even if its entry would fit, so a large entry is never starved.
     ///
     /// # Errors
-    /// [`Error::EntryTooLarge`], [`Error::Full`], and for [`FileQueue`] I/O errors.
+    /// [`Error::EntryTooLarge`], [`Error::Full`], and for [`FileQueue`] I/O errors. An error
+    /// means the entry was not enqueued and never will be (it is safe to enqueue it again),
+    /// except [`Error::OutcomeUnknown`]: the entry may or may not be in the queue.
     ///
     /// # Cancel safety
     /// Dropping the future while it waits for room (policy `Block`) enqueues nothing and gives
@@ -139,7 +142,8 @@ pub trait Queue: Send + Sync {
     /// unless [`FileQueueBuilder::sync_removals`] was turned off).
     ///
     /// # Errors
-    /// [`Error::NotHead`] if `entry` is no longer the head; I/O errors for [`FileQueue`].
+    /// [`Error::NotHead`] if `entry` is no longer the head; I/O errors for [`FileQueue`]
+    /// (the entry stays in the queue), or [`Error::OutcomeUnknown`] (it may come back).
     ///
     /// # Cancel safety
     /// Once polled, the removal has been handed to the I/O thread and happens even if the

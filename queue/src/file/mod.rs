@@ -5,7 +5,12 @@
 //! the waiting futures need (counts, the loaded head, wakers, reports) sits behind one mutex
 //! that the worker updates after each committed batch.
 
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod fault;
 mod format;
+mod fs;
 mod guard;
 mod reader;
 mod recovery;
@@ -25,9 +30,9 @@ use crate::entry::{
 };
 use crate::error::{Error, Result};
 use crate::limits::{Limits, Overflow};
-use crate::oneshot;
 use crate::wait::{lock, WaitFor, WakerSet};
 use crate::Queue;
+use futures_channel::oneshot;
 
 use format::{decode_file_header, Kind, QUARANTINE_MAGIC, RECORD_HEADER_LEN, UNKNOWN_SEQ};
 use worker::Worker;
@@ -55,6 +60,9 @@ pub(crate) struct Config {
     /// Unit tests only: the I/O thread panics in its first batch.
     #[cfg(test)]
     pub(crate) panic_in_batch: bool,
+    /// Unit tests only: a simulated disk instead of the real file system.
+    #[cfg(test)]
+    pub(crate) fault_fs: Option<fault::FaultFs>,
 }
 
 /// Requests from async callers to the I/O thread.
@@ -75,6 +83,9 @@ pub(crate) enum Command {
     Close {
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Unit tests only: commands that must form one batch (or part of one).
+    #[cfg(test)]
+    Many(Vec<Command>),
 }
 
 /// What async callers can see without asking the I/O thread.
@@ -126,6 +137,9 @@ impl Shared {
 /// - Segments are deleted once every entry in them is consumed.
 /// - Opening reads and checks every record once; damage is quarantined and reported via
 ///   [`Queue::take_reports`], never returned as data.
+/// - An operation answered with an error never takes effect later: a batch whose write or
+///   fsync fails is cut back out of the files first. If that fails too, the answer is
+///   [`Error::OutcomeUnknown`]. After either, the queue has failed until reopened.
 /// - One opener at a time: the directory is locked (a file named `lock` in it) while the queue
 ///   is open, so a second open, in this process or another, fails with [`Error::AlreadyOpen`].
 ///
@@ -189,8 +203,11 @@ impl FileQueueBuilder {
     /// Dropping the future after the first poll drops the half-open queue, which waits for
     /// recovery to finish on the calling thread.
     pub async fn open(self) -> Result<FileQueue> {
-        let (queue, ready) = self.start()?;
-        ready.await.map_err(|_| Error::Closed)??;
+        let (tx, rx) = oneshot::channel();
+        let queue = self.start(move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| Error::Closed)??;
         Ok(queue)
     }
 
@@ -200,16 +217,21 @@ impl FileQueueBuilder {
     /// # Errors
     /// As for [`open`](FileQueueBuilder::open).
     pub fn open_blocking(self) -> Result<FileQueue> {
-        let (queue, ready) = self.start()?;
-        ready.recv_blocking().map_err(|_| Error::Closed)??;
+        // A plain channel: this caller blocks its thread anyway.
+        let (tx, rx) = mpsc::sync_channel(1);
+        let queue = self.start(move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().map_err(|_| Error::Closed)??;
         Ok(queue)
     }
 
-    fn start(self) -> Result<(FileQueue, oneshot::Receiver<Result<()>>)> {
+    /// Spawns the I/O thread, which recovers the directory and then calls `ready` with the
+    /// outcome (having released the directory first if recovery failed).
+    fn start(self, ready: impl FnOnce(Result<()>) + Send + 'static) -> Result<FileQueue> {
         self.validate()?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
         let cfg = self.cfg.clone();
         let worker_shared = Arc::clone(&shared);
         let on_panic = FailOnPanic(Arc::clone(&shared));
@@ -220,28 +242,25 @@ impl FileQueueBuilder {
                 let mut worker = Worker::new(cfg, worker_shared);
                 match worker.recover() {
                     Ok(()) => {
-                        ready_tx.send(Ok(()));
+                        ready(Ok(()));
                         worker.run(rx);
                     }
                     Err(e) => {
                         // Release the directory (and every handle) before answering, so a
                         // caller that retries at once does not see `AlreadyOpen`.
                         drop(worker);
-                        ready_tx.send(Err(e));
+                        ready(Err(e));
                     }
                 }
             })
             .map_err(Error::io("spawning the queue's I/O thread"))?;
-        Ok((
-            FileQueue {
-                shared,
-                tx: Some(tx),
-                thread: Some(thread),
-                limits: self.cfg.limits,
-                dir: self.cfg.dir,
-            },
-            ready_rx,
-        ))
+        Ok(FileQueue {
+            shared,
+            tx: Some(tx),
+            thread: Some(thread),
+            limits: self.cfg.limits,
+            dir: self.cfg.dir,
+        })
     }
 }
 
@@ -260,6 +279,8 @@ impl FileQueue {
                 pause_fsync: None,
                 #[cfg(test)]
                 panic_in_batch: false,
+                #[cfg(test)]
+                fault_fs: None,
             },
         }
     }
@@ -299,33 +320,7 @@ impl FileQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io("reading the quarantine file")(e)),
         };
-        let start = if decode_file_header(&data, QUARANTINE_MAGIC).is_some() {
-            format::FILE_HEADER_LEN
-        } else {
-            0
-        };
-        let mut out = Vec::new();
-        for item in scan::scan(&data, start) {
-            if let scan::Item::Record {
-                offset,
-                header,
-                data_ok,
-            } = item
-            {
-                if header.kind != Kind::Quarantined {
-                    continue;
-                }
-                let s = offset as usize + RECORD_HEADER_LEN;
-                out.push(QuarantinedRecord {
-                    seq: (header.seq != UNKNOWN_SEQ).then_some(header.seq),
-                    reason: QuarantineReason::from_code(header.flag),
-                    enqueued_at_ms: header.time_ms,
-                    data: Bytes::copy_from_slice(&data[s..s + header.len as usize]),
-                    intact: data_ok,
-                });
-            }
-        }
-        Ok(out)
+        Ok(parse_quarantine(&data))
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
@@ -378,6 +373,37 @@ impl FileQueue {
             armed: true,
         })
     }
+}
+
+/// The records of a quarantine file's contents, oldest first.
+fn parse_quarantine(data: &[u8]) -> Vec<QuarantinedRecord> {
+    let start = if decode_file_header(data, QUARANTINE_MAGIC).is_some() {
+        format::FILE_HEADER_LEN
+    } else {
+        0
+    };
+    let mut out = Vec::new();
+    for item in scan::scan(data, start) {
+        if let scan::Item::Record {
+            offset,
+            header,
+            data_ok,
+        } = item
+        {
+            if header.kind != Kind::Quarantined {
+                continue;
+            }
+            let s = offset as usize + RECORD_HEADER_LEN;
+            out.push(QuarantinedRecord {
+                seq: (header.seq != UNKNOWN_SEQ).then_some(header.seq),
+                reason: QuarantineReason::from_code(header.flag),
+                enqueued_at_ms: header.time_ms,
+                data: Bytes::copy_from_slice(&data[s..s + header.len as usize]),
+                intact: data_ok,
+            });
+        }
+    }
+    out
 }
 
 /// Held by the I/O thread: if it unwinds, the queue is marked failed and every waiter woken.

@@ -1,32 +1,34 @@
 //! Reading head records with read-ahead.
 //!
 //! The head moves forward through a segment record by record, so one buffered reader that
-//! skips forward within its buffer turns the per-entry seek + two reads into, most of the time,
-//! a copy from memory.
+//! serves reads from a window of the file turns the per-entry seek + two reads into, most of
+//! the time, a copy from memory.
 
-use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io;
+
+use super::fs::Fs;
 
 /// Bytes read ahead of the head.
 const READ_AHEAD: usize = 64 * 1024;
 
-/// A buffered reader of one segment that knows its position.
+/// A buffered reader of one segment.
 #[derive(Debug)]
 pub(crate) struct SegmentReader {
     segment: u64,
-    file: BufReader<File>,
-    /// The position of the next byte `file` yields; `None` after an error (unknown).
-    pos: Option<u64>,
+    name: String,
+    /// Bytes `start..start + buf.len()` of the file, as last read.
+    buf: Vec<u8>,
+    start: u64,
 }
 
 impl SegmentReader {
-    pub(crate) fn open(path: &Path, segment: u64) -> io::Result<Self> {
-        Ok(SegmentReader {
+    pub(crate) fn new(name: String, segment: u64) -> Self {
+        SegmentReader {
             segment,
-            file: BufReader::with_capacity(READ_AHEAD, File::open(path)?),
-            pos: Some(0),
-        })
+            name,
+            buf: Vec::new(),
+            start: 0,
+        }
     }
 
     /// The base of the segment this reads.
@@ -34,67 +36,97 @@ impl SegmentReader {
         self.segment
     }
 
-    fn seek_to(&mut self, offset: u64) -> io::Result<()> {
-        match self.pos {
-            Some(p) if p == offset => Ok(()),
-            // Forward within reach: keeps whatever of the buffer is still ahead.
-            Some(p) if offset > p && offset - p <= READ_AHEAD as u64 => {
-                self.file.seek_relative((offset - p) as i64)
+    /// Reads up to `out.len()` bytes at `offset`; fewer only at the end of the file.
+    ///
+    /// Bytes in the window never go stale: records are immutable once written, and the only
+    /// truncations (of a torn tail on open, of a failed batch) happen before any reader exists
+    /// or when the queue has failed and reads no more.
+    fn read_at(&mut self, fs: &mut dyn Fs, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+        let end = self.start + self.buf.len() as u64;
+        if offset >= self.start && offset.saturating_add(out.len() as u64) <= end {
+            let at = (offset - self.start) as usize;
+            out.copy_from_slice(&self.buf[at..at + out.len()]);
+            return Ok(out.len());
+        }
+        if out.len() >= READ_AHEAD {
+            return fs.read_at(&self.name, offset, out);
+        }
+        self.buf.resize(READ_AHEAD, 0);
+        self.start = offset;
+        match fs.read_at(&self.name, offset, &mut self.buf) {
+            Ok(n) => {
+                self.buf.truncate(n);
+                let k = out.len().min(n);
+                out[..k].copy_from_slice(&self.buf[..k]);
+                Ok(k)
             }
-            _ => self.file.seek(SeekFrom::Start(offset)).map(|_| ()),
+            Err(e) => {
+                self.buf.clear();
+                Err(e)
+            }
         }
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`.
-    ///
-    /// Bytes in the buffer never go stale: records are immutable once written, and the only
-    /// truncation (of a torn tail) happens on open, before any reader exists.
-    pub(crate) fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let r = self
-            .seek_to(offset)
-            .and_then(|()| self.file.read_exact(buf));
-        self.pos = r.as_ref().ok().map(|()| offset + buf.len() as u64);
-        r
+    /// Reads exactly `out.len()` bytes at `offset`.
+    pub(crate) fn read_exact_at(
+        &mut self,
+        fs: &mut dyn Fs,
+        offset: u64,
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        if self.read_at(fs, offset, out)? == out.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "segment ends inside a record",
+            ))
+        }
     }
 
-    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
-    pub(crate) fn read_up_to_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let r = self
-            .seek_to(offset)
-            .and_then(|()| (&mut self.file).take(len).read_to_end(&mut out));
-        self.pos = r.as_ref().ok().map(|n| offset + *n as u64);
-        r.map(|_| out)
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file). `len` must come
+    /// from a checked record header (it is allocated up front).
+    pub(crate) fn read_up_to_at(
+        &mut self,
+        fs: &mut dyn Fs,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("record too large"))?;
+        let mut out = vec![0u8; len];
+        let n = self.read_at(fs, offset, &mut out)?;
+        out.truncate(n);
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fs::RealFs;
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn reads_forward_backward_and_after_appends() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("s");
-        let mut w = File::create(&path).unwrap();
-        w.write_all(b"0123456789").unwrap();
-        let mut r = SegmentReader::open(&path, 7).unwrap();
+        let mut fs = RealFs::new(tmp.path().to_path_buf());
+        fs.create("s").unwrap();
+        fs.append("s", b"0123456789").unwrap();
+        let mut r = SegmentReader::new("s".into(), 7);
         assert_eq!(r.segment(), 7);
         let mut b = [0u8; 3];
-        r.read_exact_at(2, &mut b).unwrap();
+        r.read_exact_at(&mut fs, 2, &mut b).unwrap();
         assert_eq!(&b, b"234");
-        r.read_exact_at(7, &mut b).unwrap();
+        r.read_exact_at(&mut fs, 7, &mut b).unwrap();
         assert_eq!(&b, b"789");
-        r.read_exact_at(0, &mut b).unwrap();
+        r.read_exact_at(&mut fs, 0, &mut b).unwrap();
         assert_eq!(&b, b"012");
-        // Appended after the buffer was filled: still read correctly.
-        w.write_all(b"abcdef").unwrap();
-        r.read_exact_at(9, &mut b).unwrap();
+        // Appended after the window was filled: still read correctly.
+        fs.append("s", b"abcdef").unwrap();
+        r.read_exact_at(&mut fs, 9, &mut b).unwrap();
         assert_eq!(&b, b"9ab");
-        assert_eq!(r.read_up_to_at(14, 10).unwrap(), b"ef");
-        assert!(r.read_exact_at(15, &mut b).is_err());
-        r.read_exact_at(3, &mut b).unwrap();
+        assert_eq!(r.read_up_to_at(&mut fs, 14, 10).unwrap(), b"ef");
+        assert!(r.read_exact_at(&mut fs, 15, &mut b).is_err());
+        r.read_exact_at(&mut fs, 3, &mut b).unwrap();
         assert_eq!(&b, b"345");
     }
 }

@@ -5,14 +5,12 @@
 //! rescans the directory.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
 
 use super::format::{
     decode_file_header, encode_file_header, Kind, Note, FILE_HEADER_LEN, RECORD_HEADER_LEN,
     SEGMENT_MAGIC,
 };
+use super::fs::create_dir_durably;
 use super::scan::{scan, Item};
 use super::worker::{parse_segment_name, Segment, Slot, Worker};
 use crate::entry::{QuarantineReason, Report};
@@ -22,28 +20,21 @@ use crate::error::{Error, Result};
 /// segment, and so every [`Note`], has been read.
 #[derive(Debug)]
 struct Kept {
-    path: PathBuf,
+    name: String,
     /// The byte range of the segment to quarantine.
     note: Note,
     seq: Option<u64>,
     time_ms: u64,
 }
 
-/// Reads `len` bytes at `offset` of `path`: a range recovery found in the file, so it exists.
-fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut out = Vec::new();
-    f.take(len).read_to_end(&mut out)?;
-    Ok(out)
-}
-
 impl Worker {
     /// Recovers the state of the directory. On success the worker is ready to run and its state
     /// (entries, head, reports of any damage) has been published.
     pub(crate) fn recover(&mut self) -> Result<()> {
-        fs::create_dir_all(&self.cfg.dir).map_err(Error::io("creating the queue directory"))?;
-        self.guard = Some(super::guard::DirGuard::acquire(&self.cfg.dir)?);
+        let dir = self.cfg.dir.clone();
+        create_dir_durably(&mut *self.fs, &dir)
+            .map_err(Error::io("creating the queue directory"))?;
+        self.fs.lock()?;
         let found = self.list_segments()?;
         if found.is_empty() {
             self.create_segment(1)?;
@@ -53,7 +44,7 @@ impl Worker {
         }
         self.reclaim()?;
         self.load_head()?;
-        self.publish(Vec::new());
+        self.publish(Vec::new(), &super::worker::BatchEnd::Committed);
         tracing::debug!(
             dir = %self.cfg.dir.display(),
             entries = self.index.len(),
@@ -64,21 +55,22 @@ impl Worker {
     }
 
     /// Segment files sorted by the base sequence number in their names (never by mtime).
-    fn list_segments(&self) -> Result<Vec<(u64, PathBuf)>> {
+    fn list_segments(&mut self) -> Result<Vec<(u64, String)>> {
         let mut found = Vec::new();
-        let rd = fs::read_dir(&self.cfg.dir).map_err(Error::io("listing the queue directory"))?;
-        for ent in rd {
-            let ent = ent.map_err(Error::io("listing the queue directory"))?;
-            let name = ent.file_name();
-            if let Some(base) = name.to_str().and_then(parse_segment_name) {
-                found.push((base, ent.path()));
+        let names = self
+            .fs
+            .list()
+            .map_err(Error::io("listing the queue directory"))?;
+        for name in names {
+            if let Some(base) = parse_segment_name(&name) {
+                found.push((base, name));
             }
         }
         found.sort_by_key(|(base, _)| *base);
         Ok(found)
     }
 
-    fn recover_segments(&mut self, found: Vec<(u64, PathBuf)>) -> Result<()> {
+    fn recover_segments(&mut self, found: Vec<(u64, String)>) -> Result<()> {
         let count = found.len();
         let mut head = 0u64;
         let mut last_seq = 0u64;
@@ -91,14 +83,17 @@ impl Worker {
         // stays in place; see `Note`.
         let mut notes: HashSet<Note> = HashSet::new();
         let mut kept: Vec<Kept> = Vec::new();
-        for (i, (base, path)) in found.into_iter().enumerate() {
+        for (i, (base, name)) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
             match expected {
                 Some(e) if base > e => gaps.push((e, base - 1)),
                 _ => {}
             }
             expected = Some(expected.map_or(base, |e| e.max(base)));
-            let data = fs::read(&path).map_err(Error::io("reading a segment"))?;
+            let data = self
+                .fs
+                .read(&name)
+                .map_err(Error::io("reading a segment"))?;
             let mut len = data.len() as u64;
             if decode_file_header(&data, SEGMENT_MAGIC) != Some(base) {
                 // A crash between creating a segment and syncing its header leaves it short; any
@@ -113,7 +108,7 @@ impl Worker {
                     };
                     self.write_quarantine(None, 0, reason, bad)?;
                 }
-                self.rewrite_header(&path, base)?;
+                self.rewrite_header(&name, base)?;
                 len = len.max(FILE_HEADER_LEN as u64);
             }
             let items = scan(&data, FILE_HEADER_LEN.min(data.len()));
@@ -169,7 +164,7 @@ impl Worker {
                             // An entry out of sequence order, or a quarantine record inside a
                             // segment: not something this queue wrote there. Keep, report.
                             Kind::Entry | Kind::Quarantined => kept.push(Kept {
-                                path: path.clone(),
+                                name: name.clone(),
                                 note: Note::Damage {
                                     segment: base,
                                     offset: start as u64,
@@ -187,7 +182,7 @@ impl Worker {
                             truncate_at = Some(offset);
                         } else {
                             kept.push(Kept {
-                                path: path.clone(),
+                                name: name.clone(),
                                 note: Note::Damage {
                                     segment: base,
                                     offset,
@@ -203,16 +198,18 @@ impl Worker {
             if let Some(at) = truncate_at {
                 // The damaged bytes are safe in quarantine (fsync'd above); cut them off so new
                 // records follow the last good one.
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(Error::io("opening a segment to truncate"))?;
-                f.set_len(at).map_err(Error::io("truncating a torn tail"))?;
-                self.fsync
-                    .all(&f, &mut self.pending, "syncing a truncated segment")?;
+                self.fs
+                    .truncate(&name, at)
+                    .map_err(Error::io("truncating a torn tail"))?;
+                self.fsync.all(
+                    &mut *self.fs,
+                    &name,
+                    &mut self.pending,
+                    "syncing a truncated segment",
+                )?;
                 len = at;
             }
-            self.segments.push_back(Segment { base, path, len });
+            self.segments.push_back(Segment { base, name, len });
         }
 
         // Segments are deleted only once consumed, so everything before the oldest one was.
@@ -227,8 +224,14 @@ impl Worker {
                 continue;
             }
             if let Note::Damage { offset, len, .. } = k.note {
-                let bytes =
-                    read_range(&k.path, offset, len).map_err(Error::io("reading damage"))?;
+                // A range recovery found in the file, so it exists and `len` is bounded by the
+                // file's size.
+                let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                let n = self
+                    .fs
+                    .read_at(&k.name, offset, &mut bytes)
+                    .map_err(Error::io("reading damage"))?;
+                bytes.truncate(n);
                 self.write_quarantine(k.seq, k.time_ms, QuarantineReason::Garbled, &bytes)?;
             }
             new_notes.push(k.note);
@@ -256,32 +259,26 @@ impl Worker {
         let last_base = self.segments.back().map_or(1, |s| s.base);
         self.next_seq = (last_seq + 1).max(last_base).max(head).max(1);
 
-        let (path, len) = match self.segments.back() {
-            Some(s) => (s.path.clone(), s.len),
-            None => return Err(Error::Failed("no segment after recovery".into())),
-        };
-        let mut active = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("opening the active segment"))?;
-        active
-            .seek(SeekFrom::Start(len))
-            .map_err(Error::io("seeking to the end of the active segment"))?;
-        self.active = Some(active);
+        if self.segments.is_empty() {
+            return Err(Error::Failed("no segment after recovery".into()));
+        }
+        // Appends go to the end of the newest segment, which is where its last good record
+        // ends: a torn tail was truncated above.
         for note in &new_notes {
             note.encode(&mut self.buf);
         }
         self.commit(true)
     }
 
-    fn rewrite_header(&mut self, path: &PathBuf, base: u64) -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(Error::io("opening a segment to repair its header"))?;
-        f.write_all(&encode_file_header(SEGMENT_MAGIC, base))
+    fn rewrite_header(&mut self, name: &str, base: u64) -> Result<()> {
+        self.fs
+            .write_at(name, 0, &encode_file_header(SEGMENT_MAGIC, base))
             .map_err(Error::io("repairing a segment header"))?;
-        self.fsync
-            .all(&f, &mut self.pending, "syncing a repaired segment header")
+        self.fsync.all(
+            &mut *self.fs,
+            name,
+            &mut self.pending,
+            "syncing a repaired segment header",
+        )
     }
 }

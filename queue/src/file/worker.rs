@@ -7,9 +7,6 @@
 //! in the channel and form the next batch, so N concurrent producers share one fsync.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
@@ -19,13 +16,14 @@ use super::format::{
     decode_record_header, encode_file_header, encode_record, Kind, FILE_HEADER_LEN,
     QUARANTINE_MAGIC, RECORD_HEADER_LEN, SEGMENT_MAGIC, UNKNOWN_SEQ,
 };
+use super::fs::Fs;
 use super::reader::SegmentReader;
 use super::{Command, Config, Shared, QUARANTINE_FILE};
 use crate::entry::{Dropped, Enqueued, Entry, QuarantineReason, Report};
 use crate::error::{Error, Result};
 use crate::limits::{Overflow, MAX_ENTRY_BYTES};
-use crate::oneshot;
 use crate::wait::lock;
+use futures_channel::oneshot;
 
 /// At most this many commands share one write + fsync. Bounds the latency of the first
 /// command in a batch and the memory of the write buffer.
@@ -40,7 +38,8 @@ const FLUSH_THRESHOLD: usize = 4 * 1024 * 1024;
 pub(crate) struct Segment {
     /// The first sequence number the segment may hold; also in its name and header.
     pub(crate) base: u64,
-    pub(crate) path: PathBuf,
+    /// The file name, [`segment_name`] of `base`.
+    pub(crate) name: String,
     /// Bytes written to the file (the append position).
     pub(crate) len: u64,
 }
@@ -84,16 +83,47 @@ pub(crate) enum Answer {
     },
 }
 
+/// Where the batch being processed started, so that a failed batch can be cut back out.
+#[derive(Debug, Default)]
+struct Mark {
+    /// The newest segment when the batch started, and its length then.
+    segment: Option<(u64, u64)>,
+    /// Segments this batch created (or tried to create), newest last.
+    created: Vec<u64>,
+    /// The quarantine file's length when the batch started (or when the batch opened it).
+    quarantine: Option<u64>,
+}
+
+/// How a batch ended, for the answers to its callers.
+#[derive(Debug)]
+pub(crate) enum BatchEnd {
+    /// Every record of the batch is durable (later work, such as reclaiming, may still have
+    /// failed the queue; the batch's own operations took effect all the same).
+    Committed,
+    /// The batch failed and was cut back out of every segment: none of it took effect.
+    CutBack,
+    /// The batch failed and cutting it back failed too: its records may or may not be found
+    /// by a later open.
+    Unknown {
+        op: &'static str,
+        kind: std::io::ErrorKind,
+        text: String,
+    },
+}
+
 #[derive(Debug)]
 pub(crate) struct Worker {
     pub(crate) cfg: Config,
     pub(crate) shared: Arc<Mutex<Shared>>,
+    /// Every file operation goes through here (a simulated disk in crash tests).
+    pub(crate) fs: Box<dyn Fs>,
     pub(crate) segments: VecDeque<Segment>,
-    /// Write handle of the newest segment.
-    pub(crate) active: Option<File>,
-    /// Read handle (segment base, file) used to load the head.
+    /// Reader of one segment, used to load the head.
     pub(crate) reader: Option<SegmentReader>,
-    pub(crate) quarantine: Option<File>,
+    /// Whether the quarantine file exists with its header (it is created on first use).
+    pub(crate) quarantine_open: bool,
+    /// The quarantine file's length, once open.
+    quarantine_len: u64,
     pub(crate) index: VecDeque<Slot>,
     pub(crate) live_bytes: u64,
     pub(crate) next_seq: u64,
@@ -106,14 +136,13 @@ pub(crate) struct Worker {
     pub(crate) failed: Option<String>,
     pub(crate) pending: Pending,
     pub(crate) fsync: FsyncGate,
-    /// This worker's claim on the directory, released when the thread ends.
-    pub(crate) guard: Option<super::guard::DirGuard>,
     /// The error that failed the current batch, for the callers in that batch.
     batch_error: Option<(&'static str, std::io::ErrorKind, String)>,
+    mark: Mark,
 }
 
-pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
-    dir.join(format!("seg-{base:020}.q"))
+pub(crate) fn segment_name(base: u64) -> String {
+    format!("seg-{base:020}.q")
 }
 
 /// Parses a segment file name back into its base sequence number.
@@ -129,7 +158,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 /// fail (to test that a failed fsync is never reported as durable).
 #[derive(Debug, Default)]
 pub(crate) struct FsyncGate {
-    /// Successful fsyncs left before an injected failure.
+    /// Successful fsyncs left before one injected failure.
     #[cfg(test)]
     pub(crate) fail_after: Option<u64>,
     /// Every fsync waits for this lock, so a test can hold the I/O thread inside an fsync.
@@ -146,6 +175,8 @@ impl FsyncGate {
         #[cfg(test)]
         if let Some(n) = &mut self.fail_after {
             if *n == 0 {
+                // One failure only, so the cut-back that follows can succeed.
+                self.fail_after = None;
                 return Err(Error::Io {
                     op,
                     source: std::io::Error::other("injected fsync failure"),
@@ -158,28 +189,55 @@ impl FsyncGate {
     }
 
     /// `fdatasync`: file data plus the metadata needed to read it back (e.g. its size).
-    pub(crate) fn data(&mut self, f: &File, p: &mut Pending, op: &'static str) -> Result<()> {
+    pub(crate) fn data(
+        &mut self,
+        fs: &mut dyn Fs,
+        name: &str,
+        p: &mut Pending,
+        op: &'static str,
+    ) -> Result<()> {
         self.check(op)?;
         p.fsyncs += 1;
-        f.sync_data().map_err(Error::io(op))
+        fs.sync_data(name).map_err(Error::io(op))
     }
 
-    /// `fsync`: data and all metadata; used for directories and truncation.
-    pub(crate) fn all(&mut self, f: &File, p: &mut Pending, op: &'static str) -> Result<()> {
+    /// `fsync`: data and all metadata; used for truncation and repairs.
+    pub(crate) fn all(
+        &mut self,
+        fs: &mut dyn Fs,
+        name: &str,
+        p: &mut Pending,
+        op: &'static str,
+    ) -> Result<()> {
         self.check(op)?;
         p.fsyncs += 1;
-        f.sync_all().map_err(Error::io(op))
+        fs.sync_all(name).map_err(Error::io(op))
+    }
+
+    /// `fsync` of the queue directory: file creations and removals.
+    pub(crate) fn dir(&mut self, fs: &mut dyn Fs, p: &mut Pending, op: &'static str) -> Result<()> {
+        self.check(op)?;
+        p.fsyncs += 1;
+        fs.sync_dir().map_err(Error::io(op))
     }
 }
 
 impl Worker {
     pub(crate) fn new(cfg: Config, shared: Arc<Mutex<Shared>>) -> Self {
+        #[cfg(test)]
+        let fs: Box<dyn Fs> = match &cfg.fault_fs {
+            Some(f) => Box::new(f.clone()),
+            None => Box::new(super::fs::RealFs::new(cfg.dir.clone())),
+        };
+        #[cfg(not(test))]
+        let fs: Box<dyn Fs> = Box::new(super::fs::RealFs::new(cfg.dir.clone()));
         Worker {
             shared,
+            fs,
             segments: VecDeque::new(),
-            active: None,
             reader: None,
-            quarantine: None,
+            quarantine_open: false,
+            quarantine_len: 0,
             index: VecDeque::new(),
             live_bytes: 0,
             next_seq: 1,
@@ -189,7 +247,7 @@ impl Worker {
             failed: None,
             pending: Pending::default(),
             batch_error: None,
-            guard: None,
+            mark: Mark::default(),
             fsync: FsyncGate {
                 #[cfg(test)]
                 fail_after: cfg.fail_fsync_after,
@@ -203,10 +261,11 @@ impl Worker {
     /// The command loop. Returns when the queue is closed or dropped.
     pub(crate) fn run(mut self, rx: Receiver<Command>) {
         while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
+            let mut batch = Vec::new();
+            push_command(&mut batch, first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
+                    Ok(cmd) => push_command(&mut batch, cmd),
                     Err(_) => break,
                 }
             }
@@ -229,6 +288,13 @@ impl Worker {
             panic!("injected I/O thread panic");
         }
         self.batch_error = None;
+        // A queue that failed earlier writes nothing more, so it has nothing to cut back.
+        let failed_before = self.failed.is_some();
+        self.mark = Mark {
+            segment: self.segments.back().map(|s| (s.base, s.len)),
+            created: Vec::new(),
+            quarantine: self.quarantine_open.then_some(self.quarantine_len),
+        };
         let mut answers = Vec::with_capacity(batch.len());
         let mut need_sync = false;
         let mut head_moved = false;
@@ -284,29 +350,135 @@ impl Worker {
                     need_sync = true;
                     close = Some(reply);
                 }
+                // `push_command` flattens these; a nested one is not used by any test.
+                #[cfg(test)]
+                Command::Many(_) => {}
             }
         }
         if self.failed.is_none() {
             if head_moved {
                 self.write_head_record();
             }
-            let res = self
-                .commit(need_sync)
-                .and_then(|()| self.load_head())
-                .and_then(|()| self.reclaim());
-            if let Err(e) = res {
+            if let Err(e) = self.commit(need_sync) {
                 self.fail(&e);
             }
         }
-        self.publish(answers);
+        let end = if failed_before || self.failed.is_none() {
+            BatchEnd::Committed
+        } else {
+            self.cut_back()
+        };
+        if self.failed.is_none() {
+            // The batch is durable; what follows is the queue's own housekeeping. If it fails
+            // the queue fails, but the batch's operations took effect and are answered Ok.
+            if let Err(e) = self.load_head().and_then(|()| self.reclaim()) {
+                self.fail(&e);
+            }
+        }
+        self.publish(answers, &end);
         if let Some(reply) = close {
-            reply.send(match &self.failed {
+            let _ = reply.send(match &self.failed {
                 Some(msg) => Err(Error::Failed(msg.clone())),
                 None => Ok(()),
             });
             return true;
         }
         false
+    }
+
+    /// A failed batch is cut back out of the segments before anyone is answered, so that no
+    /// operation answered with an error can be found by a later open: neither after a power
+    /// loss (a failed fsync may still have persisted data, and `roll` fsyncs the batch's
+    /// earlier records into the old segment) nor without one (after a failed write or fsync
+    /// the bytes can sit in the page cache, where a reopen in the same boot would read them).
+    ///
+    /// The batch is all or nothing: records of it that were already durable (synced by a
+    /// roll) are cut back too, and every caller in it gets the error.
+    ///
+    /// Segments created by the batch are removed first (and the directory synced), then the
+    /// segment that was newest when the batch started is truncated to its length then and
+    /// synced. In that order a crash part-way never leaves a newer segment of the batch behind
+    /// an older one whose records are gone. The quarantine file is cut back last: a crash
+    /// before that leaves a copy of an entry that is still queued, never an entry that was
+    /// removed without its copy.
+    fn cut_back(&mut self) -> BatchEnd {
+        match self.try_cut_back() {
+            Ok(()) => {
+                tracing::warn!("paho-queue: the failed batch was cut back out of the queue");
+                // Nothing of the batch happened: no drop or quarantine to report or count.
+                self.pending = Pending {
+                    fsyncs: self.pending.fsyncs,
+                    ..Pending::default()
+                };
+                BatchEnd::CutBack
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "paho-queue: cutting a failed batch back failed; its outcome is unknown"
+                );
+                let (op, kind, text) = match &e {
+                    Error::Io { op, source } => (*op, source.kind(), source.to_string()),
+                    other => (
+                        "cutting back a failed batch",
+                        std::io::ErrorKind::Other,
+                        other.to_string(),
+                    ),
+                };
+                BatchEnd::Unknown { op, kind, text }
+            }
+        }
+    }
+
+    fn try_cut_back(&mut self) -> Result<()> {
+        self.buf.clear();
+        self.reader = None;
+        let created = std::mem::take(&mut self.mark.created);
+        if !created.is_empty() {
+            for &base in created.iter().rev() {
+                let name = segment_name(base);
+                match self.fs.remove(&name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("removing a failed batch's segment")(e)),
+                }
+            }
+            self.segments.retain(|s| !created.contains(&s.base));
+            self.fsync.dir(
+                &mut *self.fs,
+                &mut self.pending,
+                "syncing the directory after a cut-back",
+            )?;
+        }
+        let Some((base, len)) = self.mark.segment else {
+            return Ok(());
+        };
+        let name = segment_name(base);
+        self.fs
+            .truncate(&name, len)
+            .map_err(Error::io("cutting a failed batch back"))?;
+        self.fsync.all(
+            &mut *self.fs,
+            &name,
+            &mut self.pending,
+            "syncing a cut-back segment",
+        )?;
+        if let Some(seg) = self.segments.back_mut().filter(|s| s.base == base) {
+            seg.len = len;
+        }
+        if let Some(len) = self.mark.quarantine.filter(|&l| l < self.quarantine_len) {
+            self.fs
+                .truncate(QUARANTINE_FILE, len)
+                .map_err(Error::io("cutting the quarantine file back"))?;
+            self.fsync.all(
+                &mut *self.fs,
+                QUARANTINE_FILE,
+                &mut self.pending,
+                "syncing the cut-back quarantine file",
+            )?;
+            self.quarantine_len = len;
+        }
+        Ok(())
     }
 
     /// Marks the queue failed: after a failed write or fsync the kernel may have dropped dirty
@@ -426,17 +598,17 @@ impl Worker {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let file = self
-            .active
-            .as_mut()
+        let seg = self
+            .segments
+            .back_mut()
             .ok_or(Error::Failed("no active segment".into()))?;
-        file.write_all(&self.buf)
-            .map_err(Error::io("appending records"))?;
-        if let Some(seg) = self.segments.back_mut() {
-            seg.len += self.buf.len() as u64;
-        }
-        self.buf.clear();
+        // Set before the write: a failed write may still have put part of the buffer down.
         self.unsynced = true;
+        self.fs
+            .append(&seg.name, &self.buf)
+            .map_err(Error::io("appending records"))?;
+        seg.len += self.buf.len() as u64;
+        self.buf.clear();
         Ok(())
     }
 
@@ -444,9 +616,13 @@ impl Worker {
     pub(crate) fn commit(&mut self, sync: bool) -> Result<()> {
         self.flush_buf()?;
         if sync && self.unsynced {
-            if let Some(file) = &self.active {
-                self.fsync
-                    .data(file, &mut self.pending, "syncing a segment")?;
+            if let Some(seg) = self.segments.back() {
+                self.fsync.data(
+                    &mut *self.fs,
+                    &seg.name,
+                    &mut self.pending,
+                    "syncing a segment",
+                )?;
             }
             self.unsynced = false;
         }
@@ -468,32 +644,37 @@ impl Worker {
                 "refusing to create segment {base} at or below the newest one"
             )));
         }
-        let path = segment_path(&self.cfg.dir, base);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
+        let name = segment_name(base);
+        // Recorded before the file exists, so a failure part-way is cut back too.
+        self.mark.created.push(base);
+        self.fs
+            .create(&name)
             .map_err(Error::io("creating a segment"))?;
-        file.write_all(&encode_file_header(SEGMENT_MAGIC, base))
+        self.fs
+            .append(&name, &encode_file_header(SEGMENT_MAGIC, base))
             .map_err(Error::io("writing a segment header"))?;
-        self.fsync
-            .data(&file, &mut self.pending, "syncing a new segment")?;
+        self.fsync.data(
+            &mut *self.fs,
+            &name,
+            &mut self.pending,
+            "syncing a new segment",
+        )?;
         self.sync_dir()?;
         self.segments.push_back(Segment {
             base,
-            path,
+            name,
             len: FILE_HEADER_LEN as u64,
         });
-        self.active = Some(file);
         Ok(())
     }
 
     /// fsyncs the directory, so created, truncated or removed files survive a crash.
     pub(crate) fn sync_dir(&mut self) -> Result<()> {
-        let dir = File::open(&self.cfg.dir).map_err(Error::io("opening the queue directory"))?;
-        self.fsync
-            .all(&dir, &mut self.pending, "syncing the queue directory")
+        self.fsync.dir(
+            &mut *self.fs,
+            &mut self.pending,
+            "syncing the queue directory",
+        )
     }
 
     /// Deletes segments whose entries have all been consumed. The newest segment is never
@@ -512,7 +693,7 @@ impl Worker {
             {
                 self.reader = None;
             }
-            match fs::remove_file(&seg.path) {
+            match self.fs.remove(&seg.name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("removing a consumed segment")(e)),
@@ -561,24 +742,22 @@ impl Worker {
         Ok(())
     }
 
-    fn reader_for(&mut self, segment: u64) -> Result<&mut SegmentReader> {
-        if self.reader.as_ref().is_none_or(|r| r.segment() != segment) {
-            let path = segment_path(&self.cfg.dir, segment);
-            let reader = SegmentReader::open(&path, segment)
-                .map_err(Error::io("opening a segment for reading"))?;
-            self.reader = Some(reader);
+    /// The reader of `segment` and the file system to read it with.
+    fn reader_for(&mut self, segment: u64) -> (&mut SegmentReader, &mut dyn Fs) {
+        if self.reader.as_ref().is_some_and(|r| r.segment() != segment) {
+            self.reader = None;
         }
-        match &mut self.reader {
-            Some(r) => Ok(r),
-            None => Err(Error::Failed("segment reader missing".into())),
-        }
+        let reader = self
+            .reader
+            .get_or_insert_with(|| SegmentReader::new(segment_name(segment), segment));
+        (reader, &mut *self.fs)
     }
 
     /// Reads the record at `slot`. `Ok(None)` if its header or payload does not match.
     fn read_verified(&mut self, slot: &Slot) -> Result<Option<Bytes>> {
-        let r = self.reader_for(slot.segment)?;
+        let (r, fs) = self.reader_for(slot.segment);
         let mut h = [0u8; RECORD_HEADER_LEN];
-        r.read_exact_at(slot.offset, &mut h)
+        r.read_exact_at(fs, slot.offset, &mut h)
             .map_err(Error::io("reading the head record"))?;
         let Some(header) = decode_record_header(&h) else {
             return Ok(None);
@@ -589,7 +768,7 @@ impl Worker {
         // `slot.len` came from a checksummed header that fit in the file, or from our own
         // append, and is at most MAX_ENTRY_BYTES: safe to allocate.
         let mut payload = vec![0u8; slot.len as usize];
-        r.read_exact_at(slot.offset + RECORD_HEADER_LEN as u64, &mut payload)
+        r.read_exact_at(fs, slot.offset + RECORD_HEADER_LEN as u64, &mut payload)
             .map_err(Error::io("reading the head payload"))?;
         if crc32fast::hash(&payload) != header.data_crc {
             return Ok(None);
@@ -600,9 +779,13 @@ impl Worker {
     /// Reads the payload bytes at `slot` as stored, without verifying them (for quarantine).
     fn read_raw(&mut self, slot: &Slot) -> Result<Vec<u8>> {
         self.flush_buf()?;
-        let r = self.reader_for(slot.segment)?;
-        r.read_up_to_at(slot.offset + RECORD_HEADER_LEN as u64, u64::from(slot.len))
-            .map_err(Error::io("reading a record"))
+        let (r, fs) = self.reader_for(slot.segment);
+        r.read_up_to_at(
+            fs,
+            slot.offset + RECORD_HEADER_LEN as u64,
+            u64::from(slot.len),
+        )
+        .map_err(Error::io("reading a record"))
     }
 
     /// Appends `data` to the quarantine file and fsyncs it, then reports it. Called before the
@@ -614,23 +797,27 @@ impl Worker {
         reason: QuarantineReason,
         data: &[u8],
     ) -> Result<()> {
-        if self.quarantine.is_none() {
-            let path = self.cfg.dir.join(QUARANTINE_FILE);
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(Error::io("opening the quarantine file"))?;
-            let len = f
-                .metadata()
-                .map_err(Error::io("reading quarantine metadata"))?
-                .len();
-            if len == 0 {
-                f.write_all(&encode_file_header(QUARANTINE_MAGIC, 0))
+        if !self.quarantine_open {
+            let len = self
+                .fs
+                .len(QUARANTINE_FILE)
+                .map_err(Error::io("reading quarantine metadata"))?;
+            if len.is_none() {
+                self.fs
+                    .create(QUARANTINE_FILE)
+                    .map_err(Error::io("creating the quarantine file"))?;
+            }
+            self.quarantine_len = len.unwrap_or(0);
+            if self.quarantine_len == 0 {
+                self.fs
+                    .append(QUARANTINE_FILE, &encode_file_header(QUARANTINE_MAGIC, 0))
                     .map_err(Error::io("writing the quarantine header"))?;
+                self.quarantine_len = FILE_HEADER_LEN as u64;
                 self.sync_dir()?;
             }
-            self.quarantine = Some(f);
+            self.quarantine_open = true;
+            // Opened by this batch: a cut-back goes back to here.
+            self.mark.quarantine.get_or_insert(self.quarantine_len);
         }
         let mut rec = Vec::with_capacity(RECORD_HEADER_LEN + data.len().min(1 << 20));
         // A garbled range can in theory exceed the record limit: split it.
@@ -656,12 +843,17 @@ impl Worker {
                 part,
             );
         }
-        if let Some(f) = &mut self.quarantine {
-            f.write_all(&rec)
-                .map_err(Error::io("writing the quarantine file"))?;
-            self.fsync
-                .data(f, &mut self.pending, "syncing the quarantine file")?;
-        }
+        // Counted before the write: a failed write may still have put part of it down.
+        self.quarantine_len += rec.len() as u64;
+        self.fs
+            .append(QUARANTINE_FILE, &rec)
+            .map_err(Error::io("writing the quarantine file"))?;
+        self.fsync.data(
+            &mut *self.fs,
+            QUARANTINE_FILE,
+            &mut self.pending,
+            "syncing the quarantine file",
+        )?;
         self.pending.quarantined += 1;
         self.pending.reports.push(Report::Quarantined {
             seq,
@@ -673,7 +865,7 @@ impl Worker {
 
     /// Publishes the new state to async callers, then answers them. The state is updated
     /// before any answer is sent, so a caller whose `finish` returned sees the new head.
-    pub(crate) fn publish(&mut self, answers: Vec<Answer>) {
+    pub(crate) fn publish(&mut self, answers: Vec<Answer>, end: &BatchEnd) {
         let pending = std::mem::take(&mut self.pending);
         let made_room = pending.removed + pending.quarantined + pending.dropped > 0;
         {
@@ -717,27 +909,59 @@ impl Worker {
         }
         for a in answers {
             match a {
+                // A caller that stopped waiting has nobody to tell.
                 Answer::Enqueued { reply, result, .. } => {
-                    reply.send(self.final_result(result));
+                    let _ = reply.send(self.final_result(result, end));
                 }
-                Answer::Done { reply, result } => reply.send(self.final_result(result)),
+                Answer::Done { reply, result } => {
+                    let _ = reply.send(self.final_result(result, end));
+                }
             }
         }
     }
 
-    /// An operation that succeeded in memory but whose batch failed to commit has failed: its
-    /// caller gets the I/O error that failed the batch.
-    fn final_result<T>(&self, result: Result<T>) -> Result<T> {
-        match (&self.failed, result) {
-            (_, Err(e)) => Err(e),
-            (Some(msg), Ok(_)) => Err(match &self.batch_error {
+    /// The answer for one operation of a batch that ended as `end`.
+    ///
+    /// - Committed: as the operation itself went (a later housekeeping failure does not undo
+    ///   a durable operation).
+    /// - Cut back: an operation that succeeded in memory failed with its batch; its caller
+    ///   gets the I/O error that failed the batch. Nothing of it is on disk.
+    /// - Unknown: every operation that reached the disk (it succeeded in memory, or its own
+    ///   write failed part-way) may or may not be found later: [`Error::OutcomeUnknown`].
+    ///   Operations refused without touching the disk keep their own error.
+    fn final_result<T>(&self, result: Result<T>, end: &BatchEnd) -> Result<T> {
+        let batch_error = || match &self.batch_error {
+            Some((op, kind, text)) => format!("{op}: {}", std::io::Error::new(*kind, text.clone())),
+            None => self.failed.clone().unwrap_or_default(),
+        };
+        match (end, result) {
+            (BatchEnd::Committed, r) => r,
+            (BatchEnd::CutBack, Err(e)) => Err(e),
+            (BatchEnd::CutBack, Ok(_)) => Err(match &self.batch_error {
                 Some((op, kind, text)) => Error::Io {
                     op,
                     source: std::io::Error::new(*kind, text.clone()),
                 },
-                None => Error::Failed(msg.clone()),
+                None => Error::Failed(self.failed.clone().unwrap_or_default()),
             }),
-            (None, Ok(v)) => Ok(v),
+            (BatchEnd::Unknown { op, kind, text }, Ok(_) | Err(Error::Io { .. })) => {
+                Err(Error::OutcomeUnknown {
+                    failure: batch_error(),
+                    op,
+                    source: std::io::Error::new(*kind, text.clone()),
+                })
+            }
+            (BatchEnd::Unknown { .. }, Err(e)) => Err(e),
         }
+    }
+}
+
+/// Adds a command to a batch; a test's [`Command::Many`] joins the batch as its parts, so a
+/// test can make a batch of exactly the commands it wants.
+fn push_command(batch: &mut Vec<Command>, cmd: Command) {
+    match cmd {
+        #[cfg(test)]
+        Command::Many(cmds) => batch.extend(cmds),
+        cmd => batch.push(cmd),
     }
 }
