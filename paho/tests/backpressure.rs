@@ -142,7 +142,7 @@ async fn a_handler_that_publishes_and_awaits_does_not_deadlock_behind_the_byte_b
             }
         });
         let mut connack = BytesMut::new();
-        Packet::ConnAck(Box::new(ConnAck::default()))
+        Packet::ConnAck(Box::default())
             .encode(&mut connack)
             .unwrap();
         swr.write_all(&connack).await.unwrap();
