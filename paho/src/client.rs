@@ -478,6 +478,8 @@ pub struct PublishHandle {
 
 enum PubState {
     Done(Option<Error>),
+    /// A QoS 0 message was written (seen by [`PublishHandle::stored`]).
+    Sent,
     Reply(oneshot::Receiver<Result<Option<PublishCompletion>, Error>>),
     Completion(PublishCompletion),
 }
@@ -486,6 +488,7 @@ impl fmt::Debug for PublishHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match &self.state {
             PubState::Done(_) => "failed",
+            PubState::Sent => "sent",
             PubState::Reply(_) => "handing over",
             PubState::Completion(_) => "awaiting acknowledgement",
         };
@@ -499,6 +502,42 @@ impl PublishHandle {
             state: PubState::Done(Some(e)),
         }
     }
+
+    /// Waits until the message is **durable in the session store**, the first stage of a QoS
+    /// 1/2 publish (its PUBLISH is stored before it goes on the wire), without waiting for the
+    /// acknowledgement; awaiting the handle afterwards still gives the final outcome. A QoS 0
+    /// message (never stored) returns `Ok(())` once the connection took it.
+    ///
+    /// A message waiting for send quota (the server's Receive Maximum) is stored only when it
+    /// can be sent, so this waits for quota too. If the publish fails first, this returns the
+    /// error, which awaiting the handle returns again. A queue that hands messages to the
+    /// session removes an entry only after this returned `Ok`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping this future loses nothing (call it again or await the handle).
+    /// Dropping the *handle* while the message still waits for quota withdraws it, as with
+    /// [`Client::publish`].
+    pub async fn stored(&mut self) -> Result<(), Error> {
+        loop {
+            match &mut self.state {
+                PubState::Sent => return Ok(()),
+                PubState::Done(e) => {
+                    return Err(e.clone().unwrap_or(Error::ConnectionClosed));
+                }
+                PubState::Reply(rx) => {
+                    self.state = match rx.await {
+                        Err(_) => PubState::Done(Some(Error::ConnectionClosed)),
+                        Ok(Err(e)) => PubState::Done(Some(e)),
+                        // QoS 0: written; nothing to store.
+                        Ok(Ok(None)) => PubState::Sent,
+                        Ok(Ok(Some(c))) => PubState::Completion(c),
+                    };
+                }
+                PubState::Completion(c) => return c.stored().await.map_err(Error::from),
+            }
+        }
+    }
 }
 
 impl Future for PublishHandle {
@@ -510,6 +549,7 @@ impl Future for PublishHandle {
                 PubState::Done(e) => {
                     return Poll::Ready(Err(e.take().unwrap_or(Error::ConnectionClosed)))
                 }
+                PubState::Sent => return Poll::Ready(Ok(PublishOutcome::Sent)),
                 PubState::Reply(rx) => match Pin::new(rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(Ok(Some(c)))) => self.state = PubState::Completion(c),

@@ -545,6 +545,10 @@ where
         match r {
             Ok(()) => {
                 self.stores_done += 1;
+                if let Some(id) = put {
+                    // The first one resolves the publisher's "stored" stage.
+                    self.state.session.on_stored(Key::Outbound(id));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -909,8 +913,10 @@ where
         // Every store operation in progress answers first: after a failure, each tells
         // whether its exchange was stored.
         while let Some((put, r)) = self.stores.next().await {
-            if let Err(e) = r {
-                self.note_store_failure(put, &e);
+            match (put, r) {
+                (put, Err(e)) => self.note_store_failure(put, &e),
+                (Some(id), Ok(())) => self.state.session.on_stored(Key::Outbound(id)),
+                (None, Ok(())) => {}
             }
         }
         if let Some(e) = self.store_failure.take() {

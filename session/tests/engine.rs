@@ -79,7 +79,16 @@ impl<S: Store> Harness<S> {
     async fn drive(&mut self) {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::Store(op) => op.apply(&self.store).await.unwrap(),
+                Action::Store(op) => {
+                    let put = match &op {
+                        paho_session::StoreOp::Put { key, .. } => Some(*key),
+                        _ => None,
+                    };
+                    op.apply(&self.store).await.unwrap();
+                    if let Some(key) = put {
+                        self.session.on_stored(key);
+                    }
+                }
                 Action::Send(p) => self.wire.push_back(p),
                 Action::Deliver(d) => self.delivered.push(d),
                 Action::Abandoned(p) => self.abandoned.push(p),
@@ -1304,16 +1313,25 @@ async fn a_store_failure_tells_stored_exchanges_from_unstored_ones() {
     let mut h = memory_harness(HOUR);
     h.connect(false, Some(2)).await;
     let stored = h.publish(msg(QoS::AtLeastOnce, "t", "stored")).await;
-    let failed_put = h.publish(msg(QoS::ExactlyOnce, "t", "put failed")).await;
+    h.take_wire();
+    // The driver applies this one's Put, and the store answers with an error.
+    let failed_put = h
+        .session
+        .publish(msg(QoS::ExactlyOnce, "t", "put failed"))
+        .unwrap();
+    let mut failed_id = None;
+    while let Some(a) = h.session.poll_action() {
+        if let Action::Store(paho_session::StoreOp::Put {
+            key: Key::Outbound(id),
+            ..
+        }) = a
+        {
+            failed_id = Some(id);
+        }
+    }
     let waiting = h.publish(msg(QoS::AtLeastOnce, "t", "waiting")).await;
-    let ids: Vec<PacketId> = h
-        .sent_publishes()
-        .iter()
-        .map(|p| p.packet_id.unwrap())
-        .collect();
-    // The driver saw the second Put fail with a "not done" error.
-    let cause = Error::StoreFailed;
-    h.session.on_store_failed(cause, [ids[1]]);
+    h.session
+        .on_store_failed(Error::StoreFailed, [failed_id.unwrap()]);
     let e = stored.await.unwrap_err();
     assert!(e.is_outcome_unknown(), "stored before: {e}");
     let e = failed_put.await.unwrap_err();
@@ -1345,4 +1363,56 @@ async fn dropping_the_session_says_outcome_unknown_for_stored_and_closed_for_wai
     assert!(stored.await.unwrap_err().is_outcome_unknown());
     let e = waiting.await.unwrap_err();
     assert!(matches!(e, Error::SessionClosed), "{e}");
+}
+
+// ----- the stored stage -------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_stored_stage_comes_after_the_put_and_waits_for_quota() {
+    /// Polls once: the harness carries out store operations synchronously, so a stage that
+    /// is reached is ready at once (and a missing signal fails instead of hanging).
+    fn now<F: std::future::Future>(f: F) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(1)).await;
+    let mut first = h.publish(msg(QoS::AtLeastOnce, "t", "1")).await;
+    let mut second = h.publish(msg(QoS::ExactlyOnce, "t", "2")).await;
+    assert!(
+        matches!(now(first.stored()), Some(Ok(()))),
+        "stored: quota allowed it"
+    );
+    assert!(
+        now(second.stored()).is_none(),
+        "waits for quota: not stored yet"
+    );
+    assert!(first.try_outcome().is_none(), "stored is not acknowledged");
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(puback(id)).await;
+    assert!(matches!(now(second.stored()), Some(Ok(()))));
+    assert!(now(first).unwrap().unwrap().is_success());
+    // A QoS 0 message has no stored stage.
+    let mut q0 = h.publish(msg(QoS::AtMostOnce, "t", "0")).await;
+    assert!(matches!(now(q0.stored()), Some(Ok(()))));
+    assert!(matches!(now(q0), Some(Ok(PublishOutcome::Sent))));
+}
+
+#[tokio::test]
+async fn an_exchange_that_ends_before_it_is_stored_reports_its_error_at_both_stages() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(1)).await;
+    let _first = h.publish(msg(QoS::AtLeastOnce, "t", "1")).await;
+    let mut waiting = h.publish(msg(QoS::AtLeastOnce, "t", "2")).await;
+    drop(h); // the session goes while it still waits for quota
+    let e = waiting.stored().await.unwrap_err();
+    assert!(matches!(e, Error::SessionClosed), "{e}");
+    let e = waiting.await.unwrap_err();
+    assert!(
+        matches!(e, Error::SessionClosed),
+        "the outcome is kept: {e}"
+    );
 }

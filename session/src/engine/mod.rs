@@ -700,7 +700,7 @@ impl Session {
         {
             return Err(Error::PacketIdsExhausted);
         }
-        let (completer, completion) = Completion::pair();
+        let (completer, completion) = Completion::pair_with_stored();
         self.waiting.push_back(Waiting { publish, completer });
         self.pump();
         Ok(completion)
@@ -1104,6 +1104,21 @@ impl Session {
     }
 
     // ----- driver plumbing ------------------------------------------------------------------
+
+    /// Call when a [`StoreOp::Put`] for `key` has completed successfully. The first one of an
+    /// outgoing exchange resolves its handle's "stored" stage
+    /// ([`PublishCompletion::stored`]) and makes a later store failure report it as
+    /// [`Error::OutcomeUnknown`]. Other keys, and later Puts, change nothing.
+    pub fn on_stored(&mut self, key: Key) {
+        if let Key::Outbound(id) = key {
+            if let Some(out) = self.outbound.get_mut(&id) {
+                out.stored = true;
+                if let Some(c) = out.completer.as_mut() {
+                    c.stored();
+                }
+            }
+        }
+    }
 
     /// The next thing for the driver to do, in order. Call until it returns `None` after
     /// every method call.
