@@ -676,7 +676,9 @@ where
             Packet::ConnAck(connack) => {
                 let connack = *connack;
                 if connack.reason_code.is_error() {
-                    let _ = state.session.on_connack(&connack);
+                    let _ = state
+                        .session
+                        .on_connack(&connack, tokio::time::Instant::now().into_std());
                     return Err(Error::ConnectionRefused {
                         reason_code: connack.reason_code.as_u8(),
                         reason_string: connack
@@ -686,7 +688,10 @@ where
                             .map(|s| s.to_string()),
                     });
                 }
-                let accepted = state.session.on_connack(&connack).map_err(Error::from);
+                let accepted = state
+                    .session
+                    .on_connack(&connack, tokio::time::Instant::now().into_std())
+                    .map_err(Error::from);
                 let accepted = accepted.and_then(|()| match &o.authenticator {
                     Some(a) => a
                         .lock()

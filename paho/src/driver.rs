@@ -385,7 +385,11 @@ where
             Command::Publish { publish, reply } => {
                 let qos = publish.qos;
                 tracing::trace!(topic = %publish.topic, ?qos, "publish requested");
-                match self.state.session.publish(publish) {
+                match self
+                    .state
+                    .session
+                    .publish(publish, Instant::now().into_std())
+                {
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                     }
@@ -402,7 +406,11 @@ where
                 }
             }
             Command::Subscribe { subscribe, reply } => {
-                let r = self.state.session.subscribe(subscribe).map_err(Error::from);
+                let r = self
+                    .state
+                    .session
+                    .subscribe(subscribe, Instant::now().into_std())
+                    .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
             }
@@ -410,13 +418,18 @@ where
                 let r = self
                     .state
                     .session
-                    .unsubscribe(unsubscribe)
+                    .unsubscribe(unsubscribe, Instant::now().into_std())
                     .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
             }
             Command::Ack(token) => {
-                if self.state.session.ack(token).is_err() {
+                if self
+                    .state
+                    .session
+                    .ack(token, Instant::now().into_std())
+                    .is_err()
+                {
                     tracing::debug!(id = token.packet_id().get(), "stale ack ignored");
                 }
                 self.drain(None)?;
@@ -688,7 +701,7 @@ where
             return Ok(());
         }
         for t in std::mem::take(&mut self.orphan_acks) {
-            let _ = self.state.session.ack(t);
+            let _ = self.state.session.ack(t, Instant::now().into_std());
         }
         self.drain(None)
     }
@@ -735,7 +748,9 @@ where
                     dup = publish.dup,
                     "PUBLISH in"
                 );
-                self.state.session.handle(Packet::Publish(publish))?;
+                self.state
+                    .session
+                    .handle(Packet::Publish(publish), Instant::now().into_std())?;
                 if qos != QoS::AtMostOnce {
                     self.check_receive_maximum()?;
                 }
@@ -748,7 +763,7 @@ where
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)) => {
                 tracing::trace!(packet = p.packet_type().name(), "in");
-                self.state.session.handle(p)?;
+                self.state.session.handle(p, Instant::now().into_std())?;
                 self.drain(None)
             }
             Packet::PingResp => {

@@ -164,6 +164,9 @@ enum Link {
 /// contract.
 #[derive(Debug)]
 pub struct Session {
+    /// The latest time a caller passed in (every mutating input takes the current time, so
+    /// that time-dependent rules, such as message expiry, never read a clock).
+    now: Option<Instant>,
     expiry: u32,
     lost_policy: SessionLostPolicy,
     link: Link,
@@ -250,6 +253,7 @@ impl Session {
     /// A new, empty session.
     pub fn new(config: SessionConfig) -> Self {
         Session {
+            now: None,
             expiry: config.session_expiry_interval,
             lost_policy: config.on_session_lost,
             link: Link::Down,
@@ -385,6 +389,7 @@ impl Session {
     /// before it calls this: exchanges from then on count as stored (see
     /// [`on_store_failed`](Session::on_store_failed)).
     pub fn begin_connect(&mut self, clean_start: bool, now: Instant) -> bool {
+        self.tick(now);
         if self.link == Link::Up {
             // The driver did not report the old connection's end; it has ended now.
             self.on_connection_lost(now);
@@ -423,7 +428,8 @@ impl Session {
     /// Start = 1 is a protocol violation ([`Error::Protocol`], 0x82) and also leaves the session
     /// offline. A second CONNACK on a connection that is up is a protocol violation too and
     /// changes nothing (the driver disconnects and reports the loss).
-    pub fn on_connack(&mut self, connack: &ConnAck) -> Result<(), Error> {
+    pub fn on_connack(&mut self, connack: &ConnAck, now: Instant) -> Result<(), Error> {
+        self.tick(now);
         if self.link == Link::Up {
             // A second CONNACK on one connection (MQTT-3.2.0-2 allows one). Taking it as a new
             // connection would resend every unfinished exchange on the link that already
@@ -509,6 +515,7 @@ impl Session {
     /// tokens of this connection become stale. With a Session Expiry Interval of 0 the session
     /// is cleared at once ([`Error::SessionExpired`]).
     pub fn on_connection_lost(&mut self, now: Instant) {
+        self.tick(now);
         match self.link {
             Link::Down => return,
             Link::Connecting { .. } => {
@@ -666,7 +673,12 @@ impl Session {
     /// replaced. Fails at once with [`Error::PacketIdsExhausted`] if it could be sent now but
     /// every packet id is in use, and with [`Error::InvalidPacket`] for a PUBLISH without a
     /// topic name.
-    pub fn publish(&mut self, mut publish: Publish) -> Result<PublishCompletion, Error> {
+    pub fn publish(
+        &mut self,
+        mut publish: Publish,
+        now: Instant,
+    ) -> Result<PublishCompletion, Error> {
+        self.tick(now);
         if publish.topic.is_empty() {
             return Err(Error::InvalidPacket(
                 "a PUBLISH given to the session needs its topic name (aliases are per connection)",
@@ -802,7 +814,12 @@ impl Session {
     /// Sends a SUBSCRIBE with a fresh packet id (the given one is replaced). SUBSCRIBE is not
     /// stored and not resent: if the connection drops first, the completion fails with
     /// [`Error::ConnectionLost`].
-    pub fn subscribe(&mut self, mut subscribe: Subscribe) -> Result<SubscribeCompletion, Error> {
+    pub fn subscribe(
+        &mut self,
+        mut subscribe: Subscribe,
+        now: Instant,
+    ) -> Result<SubscribeCompletion, Error> {
+        self.tick(now);
         let id = self.request_id()?;
         subscribe.packet_id = id;
         let (completer, completion) = Completion::pair();
@@ -816,7 +833,9 @@ impl Session {
     pub fn unsubscribe(
         &mut self,
         mut unsubscribe: Unsubscribe,
+        now: Instant,
     ) -> Result<UnsubscribeCompletion, Error> {
+        self.tick(now);
         let id = self.request_id()?;
         unsubscribe.packet_id = id;
         let (completer, completion) = Completion::pair();
@@ -842,7 +861,8 @@ impl Session {
     /// business). Returns [`Error::Protocol`] when the server broke the protocol in a way the
     /// connection cannot survive; the driver should then disconnect with
     /// [`Error::reason_code`].
-    pub fn handle(&mut self, packet: Packet) -> Result<(), Error> {
+    pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Error> {
+        self.tick(now);
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => self.on_puback(a),
@@ -1072,7 +1092,8 @@ impl Session {
     /// nothing: the server redelivers it; a QoS 1 message is then delivered again, a QoS 2 one
     /// (which the application has had) is answered with PUBREC without being delivered again.
     /// Acking twice does nothing.
-    pub fn ack(&mut self, token: AckToken) -> Result<(), Error> {
+    pub fn ack(&mut self, token: AckToken, now: Instant) -> Result<(), Error> {
+        self.tick(now);
         if !self.acks.mark(token) {
             return Err(Error::StaleAck);
         }
@@ -1104,6 +1125,19 @@ impl Session {
     }
 
     // ----- driver plumbing ------------------------------------------------------------------
+
+    /// Records the time of an input. A clock that goes backwards (two drivers' clocks, or a
+    /// test) never moves it back.
+    fn tick(&mut self, now: Instant) {
+        if self.now.is_none_or(|t| now > t) {
+            self.now = Some(now);
+        }
+    }
+
+    /// The latest time passed to the session, if any.
+    pub fn now(&self) -> Option<Instant> {
+        self.now
+    }
 
     /// Call when a [`StoreOp::Put`] for `key` has completed successfully. The first one of an
     /// outgoing exchange resolves its handle's "stored" stage
