@@ -35,8 +35,12 @@ pub(crate) enum Command {
     /// `None` in the reply: a QoS 0 message was written.
     Publish {
         publish: Publish,
+        /// The outgoing queue entry it comes from (`Session::publish_with_origin`).
+        origin: Option<u64>,
         reply: Reply<Option<PublishCompletion>>,
     },
+    /// `Session::release_origins_before`.
+    ReleaseOrigins(u64),
     Subscribe {
         subscribe: Subscribe,
         reply: Reply<SubscribeCompletion>,
@@ -74,7 +78,7 @@ impl Command {
             Command::Disconnect { reply, .. } => {
                 let _ = reply.send(());
             }
-            Command::Ack(_) => {}
+            Command::Ack(_) | Command::ReleaseOrigins(_) => {}
         }
     }
 }
@@ -297,11 +301,45 @@ impl Client {
     /// waits, a message handler may call it without risk of deadlock, even when the send quota
     /// is full.
     pub fn start_publish(&self, publish: Publish) -> PublishHandle {
+        self.start_publish_inner(publish, None)
+    }
+
+    /// [`start_publish`](Client::start_publish) for a message taken from a durable outgoing
+    /// queue, whose entry is numbered `origin` (increasing in queue order). The number is
+    /// stored in the session with the message (see
+    /// [`Session::publish_with_origin`](paho_session::Session::publish_with_origin)): remove
+    /// the entry from the queue once [`PublishHandle::stored`] returned `Ok`, then call
+    /// [`release_origins_before`](Client::release_origins_before). After a crash between the
+    /// two, [`SessionHandle::held_origins`] says which queue entries the session already holds,
+    /// so that they are removed from the queue instead of sent twice. This is the handoff that
+    /// autopaho's `publish_via_queue` is built on.
+    pub fn start_publish_with_origin(&self, publish: Publish, origin: u64) -> PublishHandle {
+        self.start_publish_inner(publish, Some(origin))
+    }
+
+    /// Tells the session that every queue entry numbered below `seq` is durably gone from its
+    /// queue, so finished exchanges that came from them may leave the store. Sent to the
+    /// connection without waiting; if the connection is gone, nothing happens (call
+    /// [`SessionHandle::release_origins_before`] then, or again on the next connection: it is
+    /// idempotent).
+    pub fn release_origins_before(&self, seq: u64) {
+        let _ = self.tx.send(Command::ReleaseOrigins(seq));
+    }
+
+    fn start_publish_inner(&self, publish: Publish, origin: Option<u64>) -> PublishHandle {
         if let Err(e) = self.shared.caps.check_publish(&publish) {
             return PublishHandle::failed(e);
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Publish { publish, reply }).is_err() {
+        if self
+            .tx
+            .send(Command::Publish {
+                publish,
+                origin,
+                reply,
+            })
+            .is_err()
+        {
             return PublishHandle::failed(Error::ConnectionClosed);
         }
         PublishHandle {

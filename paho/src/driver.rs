@@ -382,14 +382,24 @@ where
 
     fn command(&mut self, c: Command) -> Result<Flow, Error> {
         match c {
-            Command::Publish { publish, reply } => {
+            Command::ReleaseOrigins(seq) => {
+                self.state.session.release_origins_before(seq);
+                self.drain(None)?;
+            }
+            Command::Publish {
+                publish,
+                origin,
+                reply,
+            } => {
                 let qos = publish.qos;
-                tracing::trace!(topic = %publish.topic, ?qos, "publish requested");
-                match self
-                    .state
-                    .session
-                    .publish(publish, Instant::now().into_std())
-                {
+                tracing::trace!(topic = %publish.topic, ?qos, origin, "publish requested");
+                let now = Instant::now().into_std();
+                let session = &mut self.state.session;
+                let started = match origin {
+                    Some(o) => session.publish_with_origin(publish, o, now),
+                    None => session.publish(publish, now),
+                };
+                match started {
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                     }

@@ -1427,3 +1427,92 @@ async fn an_exchange_that_ends_before_it_is_stored_reports_its_error_at_both_sta
         "the outcome is kept: {e}"
     );
 }
+
+// ----- the handoff from an outgoing queue ---------------------------------------------------
+
+#[tokio::test]
+async fn a_queued_message_stays_on_record_until_its_queue_entry_is_released() {
+    let store = MemoryStore::new();
+    let config = || SessionConfig::new().session_expiry_interval(HOUR);
+    let mut h = Harness::new(Session::new(config()), store.clone());
+    h.connect(false, None).await;
+    let now = h.now;
+    let done = h
+        .session
+        .publish_with_origin(msg(QoS::AtLeastOnce, "q", "seven"), 7, now)
+        .unwrap();
+    h.drive().await;
+    assert_eq!(h.session.held_origins(), vec![7]);
+    // A crash now: the restarted session knows it holds queue entry 7.
+    let restored = Session::restore(config(), store.list().await.unwrap());
+    assert_eq!(restored.held_origins(), vec![7]);
+    drop(restored);
+
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(puback(id)).await;
+    assert!(done.await.unwrap().is_success());
+    // Acknowledged, but the queue has not said the entry is gone: still on record.
+    assert_eq!(h.session.unfinished(), 0);
+    assert_eq!(h.session.held_origins(), vec![7]);
+    assert_eq!(h.stored().await.len(), 1);
+    let restored = Session::restore(config(), store.list().await.unwrap());
+    assert_eq!(
+        restored.held_origins(),
+        vec![7],
+        "a crash now must not resend entry 7"
+    );
+    drop(restored);
+
+    h.session.release_origins_before(8);
+    h.drive().await;
+    assert!(h.session.held_origins().is_empty());
+    assert!(h.stored().await.is_empty());
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+
+    // Released before it finishes: deleted as usual when it does.
+    let done = h
+        .session
+        .publish_with_origin(msg(QoS::ExactlyOnce, "q", "nine"), 9, now)
+        .unwrap();
+    h.drive().await;
+    h.session.release_origins_before(10);
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(PubRec::new(id)).await;
+    // The PUBREL stage keeps the origin with the message.
+    let restored = Session::restore(config(), store.list().await.unwrap());
+    assert_eq!(restored.held_origins(), vec![9]);
+    drop(restored);
+    h.take_wire();
+    h.feed(PubComp::new(id)).await;
+    assert!(done.await.unwrap().is_success());
+    assert!(h.stored().await.is_empty());
+    assert!(h.session.held_origins().is_empty());
+}
+
+#[tokio::test]
+async fn a_stored_value_with_a_garbled_origin_trailer_is_quarantined() {
+    let store = MemoryStore::new();
+    let mut h = Harness::new(Session::new(SessionConfig::new()), store.clone());
+    h.connect(false, None).await;
+    let now = h.now;
+    drop(
+        h.session
+            .publish_with_origin(msg(QoS::AtLeastOnce, "q", "x"), 3, now)
+            .unwrap(),
+    );
+    h.drive().await;
+    let entry = store.list().await.unwrap().remove(0);
+    let mut bad = entry.value().to_vec();
+    bad.push(0); // 17 bytes after the packet: not a trailer
+    let other = MemoryStore::new();
+    other
+        .put(entry.key(), entry.kind(), Bytes::from(bad))
+        .await
+        .unwrap();
+    let mut s = Session::restore(SessionConfig::new(), other.list().await.unwrap());
+    assert_eq!(s.unfinished(), 0);
+    assert!(matches!(
+        s.poll_action(),
+        Some(Action::Store(paho_session::StoreOp::Quarantine { .. }))
+    ));
+}
