@@ -182,6 +182,9 @@ enum Op {
     /// The next store put fails; the driver then fails the session, closes the connection
     /// (`flush` as for a restart) and reopens the store.
     FailPut { unknown: bool, flush: bool },
+    /// The process is killed after the next `after` actions (in the middle of carrying out
+    /// what the engine asked), then restarted as for `Restart`.
+    Crash { after: u8, flush: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -196,6 +199,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(present, receive_max)| Op::Reconnect { present, receive_max }),
         1 => any::<bool>().prop_map(|flush| Op::Restart { flush }),
         1 => (any::<bool>(), any::<bool>()).prop_map(|(unknown, flush)| Op::FailPut { unknown, flush }),
+        1 => (0u8..4, any::<bool>()).prop_map(|(after, flush)| Op::Crash { after, flush }),
     ]
 }
 
@@ -243,6 +247,8 @@ enum Outcome {
     NotDone,
     /// Still waiting when its process died: never stored, never sent.
     Closed,
+    /// Its process was killed in the middle of carrying out actions.
+    Died,
 }
 
 /// A message the application published.
@@ -295,7 +301,8 @@ struct BrokerOut {
     qos: QoS,
     /// PUBREL sent (PUBREC received).
     released: bool,
-    /// The client sent a PUBCOMP (Success) for it, which may have been lost.
+    /// The client got its PUBREL (so it may have deleted its marker, and its PUBCOMP may
+    /// have been lost).
     completed: bool,
 }
 
@@ -337,6 +344,11 @@ struct World {
     losing: bool,
     /// How often a store failure interrupted a session loss (the known gap).
     gap_hits: u32,
+    /// The process will be killed after this many more actions (and whether what it wrote
+    /// reaches the broker).
+    crash_in: Option<(u8, bool)>,
+    /// The handles now resolving belong to a process killed mid-drive.
+    crashing: bool,
     /// Inbound markers restored from the store although the broker has no such exchange: left
     /// behind by a session loss that a store failure interrupted (the known gap).
     stale: HashSet<PacketId>,
@@ -367,6 +379,8 @@ impl World {
             flush_on_failure: false,
             losing: false,
             gap_hits: 0,
+            crash_in: None,
+            crashing: false,
             stale: HashSet::new(),
         }
     }
@@ -376,6 +390,22 @@ impl World {
     /// Carries out the engine's actions in order; a store failure ends the session.
     fn drive(&mut self) {
         while let Some(a) = self.session.poll_action() {
+            match self.crash_in {
+                Some((0, flush)) => {
+                    // Killed before this action (and the rest) was carried out.
+                    self.crash_in = None;
+                    let gap = std::mem::take(&mut self.losing);
+                    if gap {
+                        self.gap_hits += 1;
+                    }
+                    self.link_down(flush);
+                    self.crashing = true;
+                    self.new_process(gap);
+                    return;
+                }
+                Some((n, flush)) => self.crash_in = Some((n - 1, flush)),
+                None => {}
+            }
             match a {
                 Action::Store(op) => {
                     let first_put = match &op {
@@ -400,7 +430,6 @@ impl World {
                     assert_eq!(self.cfg.policy, SessionLostPolicy::Fail, "abandoned {p:?}");
                     assert!(p.packet_id.is_none() && !p.dup);
                     let m = out_index(&p.payload);
-                    assert!(!self.out[m].given_back, "{m} handed back twice");
                     self.out[m].given_back = true;
                 }
                 other => panic!("unexpected action {other:?}"),
@@ -452,6 +481,13 @@ impl World {
         for (_, kind, payload) in self.store.outbound() {
             let o = &mut self.out[out_index(&payload)];
             o.accepted = true;
+            if o.given_back {
+                // Handed back (fail policy), then killed before the store reset was carried
+                // out: the new process has it again, and resends or hands it back again.
+                // (Handing back before the reset risks a duplicate, never a loss.)
+                assert!(self.crashing, "{payload:?} handed back but still stored");
+                o.given_back = false;
+            }
             if kind == EntryKind::PubRel && o.forgotten_at_pubrel {
                 // (With expiry 0 the next connection finds Session Present = 0 and republishes.)
                 assert!(
@@ -492,6 +528,7 @@ impl World {
         );
         drop(old);
         self.collect();
+        self.crashing = false;
         self.drive();
     }
 
@@ -521,6 +558,12 @@ impl World {
                     assert!(o.is_success(), "{i}: {o:?}");
                     assert!(m.received >= 1, "{i} acknowledged but never received");
                     Outcome::Ok
+                }
+                Err(_) if self.crashing => {
+                    // Its process was killed mid-drive, perhaps before the store operations
+                    // behind this answer were carried out: what it was told does not matter
+                    // (the caller died too); it must arrive if it was stored (`accepted`).
+                    Outcome::Died
                 }
                 Err(e) if e.is_outcome_unknown() => {
                     assert!(in_store, "{i}: outcome unknown but not in the store: {e}");
@@ -607,16 +650,6 @@ impl World {
                     "PUBCOMP {} on the wire while its marker is still stored",
                     c.packet_id
                 );
-                if c.reason_code == PubCompReasonCode::Success {
-                    if let Some(b) = self
-                        .broker
-                        .to_client
-                        .iter_mut()
-                        .find(|b| b.id == c.packet_id && b.released)
-                    {
-                        b.completed = true;
-                    }
-                }
             }
             Packet::PubAck(_) => {}
             other => panic!("unexpected {other:?}"),
@@ -665,6 +698,14 @@ impl World {
             Packet::PubRel(r) => {
                 self.expected_markers.remove(&r.packet_id);
                 self.stale.remove(&r.packet_id);
+                if let Some(b) = self
+                    .broker
+                    .to_client
+                    .iter_mut()
+                    .find(|b| b.id == r.packet_id && b.released)
+                {
+                    b.completed = true;
+                }
             }
             _ => {}
         }
@@ -752,8 +793,8 @@ impl World {
                     .position(|b| b.id == c.packet_id && b.released)
                     .unwrap_or_else(|| panic!("unexpected {c:?}"));
                 let b = self.broker.to_client.remove(k);
-                // 0x92 only answers a resent PUBREL whose first PUBCOMP was lost: the client
-                // must not forget an inbound exchange before it completed it.
+                // 0x92 only answers a resent PUBREL after the client got the first one (its
+                // PUBCOMP was lost): the client must not forget an inbound exchange before.
                 assert!(
                     c.reason_code == PubCompReasonCode::Success || b.completed,
                     "the client forgot inbound {} before completing it",
@@ -963,12 +1004,14 @@ impl World {
                 }));
                 self.flush_on_failure = flush;
             }
+            Op::Crash { after, flush } => self.crash_in = Some((after, flush)),
         }
     }
 
     /// A final connection that keeps the session, answers everything and acks every delivery.
     fn settle(&mut self) {
         self.store.arm(None);
+        self.crash_in = None;
         self.connect(true, u16::MAX);
         for _ in 0..100_000 {
             if let Some(p) = self.outq.pop_front() {
