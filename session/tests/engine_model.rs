@@ -317,6 +317,8 @@ struct Broker {
 
 struct World {
     cfg: Config,
+    /// No exemptions for the known gap (for the tests that show it).
+    strict: bool,
     session: Session,
     store: FailingStore,
     now: Instant,
@@ -362,6 +364,7 @@ impl World {
     fn new(cfg: Config) -> Self {
         World {
             cfg,
+            strict: false,
             session: Session::new(cfg.session()),
             store: FailingStore::default(),
             now: Instant::now(),
@@ -1048,7 +1051,7 @@ impl World {
                 assert!(!m.given_back, "{i} handed back under republish");
             }
             let must_arrive = matches!(outcome, Outcome::Ok | Outcome::Unknown) || m.accepted;
-            if must_arrive && !m.given_back && !m.exposed {
+            if must_arrive && !m.given_back && (self.strict || !m.exposed) {
                 assert!(
                     m.received >= 1,
                     "accepted message {i} ({outcome:?}) never received"
@@ -1062,7 +1065,7 @@ impl World {
             }
         }
         for (i, m) in self.inm.iter().enumerate() {
-            if m.done_at_broker && !m.swallowable {
+            if m.done_at_broker && (self.strict || !m.swallowable) {
                 assert!(
                     m.delivered >= 1,
                     "inbound {i} acknowledged to the broker but never delivered"
@@ -1103,8 +1106,77 @@ fn store_failure_outcome_unknown_misleads_waiting_handles() {
     assert!(!e.is_outcome_unknown(), "never stored, yet: {e}");
 }
 
+/// The known gap, with a plain kill: a QoS 2 exchange at the PUBREL stage meets Session
+/// Present = 0, and the process dies before the rewrite of its entry to "PUBLISH stored" is
+/// durable. The new process restores it at the PUBREL stage and, since the broker now holds a
+/// (new, empty) session, connects with Session Present = 1: it resends PUBREL, the broker
+/// answers PUBCOMP 0x92, which counts as success, and a broker that releases at PUBREL
+/// (mosquitto) never delivered the message. Lost, while the caller heard "outcome unknown".
+#[test]
+#[ignore = "known gap: a session loss is not durable before the next connection"]
+fn known_gap_pubrel_rewrite_lost_with_the_store() {
+    let cfg = Config {
+        policy: SessionLostPolicy::Republish,
+        release_at_pubrel: true,
+        expiry: u32::MAX,
+    };
+    let ops = vec![
+        Op::Publish(true),
+        Op::ToBroker, // PUBLISH arrives, PUBREC back
+        Op::ToClient, // PUBREC: the PUBREL stage is stored, PUBREL is lost with the link
+        Op::Crash {
+            after: 0,
+            flush: false,
+        },
+        // Session Present = 0: killed before the entry goes back to "PUBLISH stored".
+        Op::Reconnect {
+            present: false,
+            receive_max: 3,
+        },
+    ];
+    run_with(cfg, ops, true);
+}
+
+/// The known gap, inbound side: an inbound QoS 2 marker of the forgotten session survives a
+/// kill before its deletion is durable, and swallows the broker's next message with that id.
+#[test]
+#[ignore = "known gap: a session loss is not durable before the next connection"]
+fn known_gap_stale_inbound_marker_swallows_a_new_message() {
+    let cfg = Config {
+        policy: SessionLostPolicy::Republish,
+        release_at_pubrel: false,
+        expiry: u32::MAX,
+    };
+    let ops = vec![
+        Op::BrokerPublish(true),
+        Op::ToClient,
+        Op::Ack(0), // marker stored, PUBREC sent (and lost with the link)
+        Op::Crash {
+            after: 0,
+            flush: false,
+        },
+        // Session Present = 0: killed before the marker's deletion is carried out.
+        Op::Reconnect {
+            present: false,
+            receive_max: 3,
+        },
+        Op::Reconnect {
+            present: true,
+            receive_max: 3,
+        },
+        Op::BrokerPublish(true), // the same id, a new message
+        Op::ToClient,
+    ];
+    run_with(cfg, ops, true);
+}
+
 fn run(cfg: Config, ops: Vec<Op>) {
+    run_with(cfg, ops, false);
+}
+
+fn run_with(cfg: Config, ops: Vec<Op>, strict: bool) {
     let mut w = World::new(cfg);
+    w.strict = strict;
     w.connect(false, 3);
     for op in ops {
         w.step(op);
