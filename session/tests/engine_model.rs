@@ -1174,6 +1174,87 @@ fn run(cfg: Config, ops: Vec<Op>) {
     run_with(cfg, ops, false);
 }
 
+/// Minimal sequences that caught seeded engine bugs (proptest seeds do not survive changes to
+/// the strategies; these do).
+#[test]
+fn sequences_that_caught_seeded_bugs() {
+    use Op::*;
+    let cfg = |policy, release_at_pubrel, expiry| Config {
+        policy,
+        release_at_pubrel,
+        expiry,
+    };
+    let rep = SessionLostPolicy::Republish;
+    let reconnect = |present, receive_max| Reconnect {
+        present,
+        receive_max,
+    };
+    let cases: Vec<(&str, Config, Vec<Op>)> = vec![
+        (
+            "QoS 1 completed without resend on Session Present = 1",
+            cfg(rep, false, u32::MAX),
+            vec![Publish(false), Publish(false), Publish(false)],
+        ),
+        (
+            "PUBREL stage not republished after Session Present = 0",
+            cfg(rep, true, u32::MAX),
+            vec![
+                Publish(true),
+                ToBroker,
+                ToClient,
+                reconnect(false, 3),
+                Publish(false),
+            ],
+        ),
+        (
+            "every handle told 'not done' by on_store_failed",
+            cfg(rep, false, u32::MAX),
+            vec![
+                FailPut {
+                    unknown: true,
+                    flush: false,
+                },
+                Publish(false),
+            ],
+        ),
+        (
+            "inbound marker stored after PUBREC, or never",
+            cfg(rep, false, u32::MAX),
+            vec![BrokerPublish(true), ToClient, Ack(0)],
+        ),
+        (
+            "inbound markers kept on Session Present = 0",
+            cfg(rep, false, u32::MAX),
+            vec![
+                BrokerPublish(true),
+                ToClient,
+                Ack(0),
+                reconnect(false, 1),
+                BrokerPublish(true),
+                ToClient,
+            ],
+        ),
+        (
+            "a republish Put failing after expiry 0 told the caller 'not done'",
+            cfg(rep, false, 0),
+            vec![
+                Publish(true),
+                ToBroker,
+                ToClient,
+                FailPut {
+                    unknown: false,
+                    flush: false,
+                },
+                Drop,
+            ],
+        ),
+    ];
+    for (what, cfg, ops) in cases {
+        eprintln!("{what}");
+        run(cfg, ops);
+    }
+}
+
 fn run_with(cfg: Config, ops: Vec<Op>, strict: bool) {
     let mut w = World::new(cfg);
     w.strict = strict;
