@@ -1088,6 +1088,9 @@ impl Session {
                     Ok(())
                 }
                 OutState::Pubrec(_) => {
+                    // Its PUBLISH was on the wire, so its first Put completed: a later failed
+                    // Put for it (the PUBREL stage, a republish) does not make it "not stored".
+                    out.stored = true;
                     let OutState::Pubrec(p) =
                         std::mem::replace(&mut out.state, OutState::Pubcomp(None))
                     else {
