@@ -1313,10 +1313,17 @@ impl Session {
                 not_stored.insert(*id);
             }
         }
+        // The "not done" class gets the plain cause: when the store's own answer was "outcome
+        // unknown" (about the batch that failed), a publish that never reached the store must
+        // not hear it, or its caller would not publish it again and it would be lost.
+        let plain = match &error {
+            Error::OutcomeUnknown { cause } => (**cause).clone(),
+            e => e.clone(),
+        };
         for (id, out) in self.outbound.drain() {
             if let Some(c) = out.completer {
                 let e = if !out.stored && not_stored.contains(&id) {
-                    error.clone()
+                    plain.clone()
                 } else {
                     Error::outcome_unknown(error.clone())
                 };
@@ -1324,12 +1331,12 @@ impl Session {
             }
         }
         for w in self.waiting.drain(..) {
-            w.completer.complete(Err(error.clone()));
+            w.completer.complete(Err(plain.clone()));
         }
         for (_, req) in self.requests.drain() {
             match req {
-                Request::Subscribe(c) => c.complete(Err(error.clone())),
-                Request::Unsubscribe(c) => c.complete(Err(error.clone())),
+                Request::Subscribe(c) => c.complete(Err(plain.clone())),
+                Request::Unsubscribe(c) => c.complete(Err(plain.clone())),
             }
         }
         self.ids.clear();
