@@ -35,8 +35,12 @@ pub(crate) enum Command {
     /// `None` in the reply: a QoS 0 message was written.
     Publish {
         publish: Publish,
+        /// The outgoing queue entry it comes from (`Session::publish_with_origin`).
+        origin: Option<u64>,
         reply: Reply<Option<PublishCompletion>>,
     },
+    /// `Session::release_origins_before`.
+    ReleaseOrigins(u64),
     Subscribe {
         subscribe: Subscribe,
         reply: Reply<SubscribeCompletion>,
@@ -74,7 +78,7 @@ impl Command {
             Command::Disconnect { reply, .. } => {
                 let _ = reply.send(());
             }
-            Command::Ack(_) => {}
+            Command::Ack(_) | Command::ReleaseOrigins(_) => {}
         }
     }
 }
@@ -297,11 +301,45 @@ impl Client {
     /// waits, a message handler may call it without risk of deadlock, even when the send quota
     /// is full.
     pub fn start_publish(&self, publish: Publish) -> PublishHandle {
+        self.start_publish_inner(publish, None)
+    }
+
+    /// [`start_publish`](Client::start_publish) for a message taken from a durable outgoing
+    /// queue, whose entry is numbered `origin` (increasing in queue order). The number is
+    /// stored in the session with the message (see
+    /// [`Session::publish_with_origin`](paho_session::Session::publish_with_origin)): remove
+    /// the entry from the queue once [`PublishHandle::stored`] returned `Ok`, then call
+    /// [`release_origins_before`](Client::release_origins_before). After a crash between the
+    /// two, [`SessionHandle::held_origins`] says which queue entries the session already holds,
+    /// so that they are removed from the queue instead of sent twice. This is the handoff that
+    /// autopaho's `publish_via_queue` is built on.
+    pub fn start_publish_with_origin(&self, publish: Publish, origin: u64) -> PublishHandle {
+        self.start_publish_inner(publish, Some(origin))
+    }
+
+    /// Tells the session that every queue entry numbered below `seq` is durably gone from its
+    /// queue, so finished exchanges that came from them may leave the store. Sent to the
+    /// connection without waiting; if the connection is gone, nothing happens (call
+    /// [`SessionHandle::release_origins_before`] then, or again on the next connection: it is
+    /// idempotent).
+    pub fn release_origins_before(&self, seq: u64) {
+        let _ = self.tx.send(Command::ReleaseOrigins(seq));
+    }
+
+    fn start_publish_inner(&self, publish: Publish, origin: Option<u64>) -> PublishHandle {
         if let Err(e) = self.shared.caps.check_publish(&publish) {
             return PublishHandle::failed(e);
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Publish { publish, reply }).is_err() {
+        if self
+            .tx
+            .send(Command::Publish {
+                publish,
+                origin,
+                reply,
+            })
+            .is_err()
+        {
             return PublishHandle::failed(Error::ConnectionClosed);
         }
         PublishHandle {
@@ -478,6 +516,8 @@ pub struct PublishHandle {
 
 enum PubState {
     Done(Option<Error>),
+    /// A QoS 0 message was written (seen by [`PublishHandle::stored`]).
+    Sent,
     Reply(oneshot::Receiver<Result<Option<PublishCompletion>, Error>>),
     Completion(PublishCompletion),
 }
@@ -486,6 +526,7 @@ impl fmt::Debug for PublishHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match &self.state {
             PubState::Done(_) => "failed",
+            PubState::Sent => "sent",
             PubState::Reply(_) => "handing over",
             PubState::Completion(_) => "awaiting acknowledgement",
         };
@@ -499,6 +540,42 @@ impl PublishHandle {
             state: PubState::Done(Some(e)),
         }
     }
+
+    /// Waits until the message is **durable in the session store**, the first stage of a QoS
+    /// 1/2 publish (its PUBLISH is stored before it goes on the wire), without waiting for the
+    /// acknowledgement; awaiting the handle afterwards still gives the final outcome. A QoS 0
+    /// message (never stored) returns `Ok(())` once the connection took it.
+    ///
+    /// A message waiting for send quota (the server's Receive Maximum) is stored only when it
+    /// can be sent, so this waits for quota too. If the publish fails first, this returns the
+    /// error, which awaiting the handle returns again. A queue that hands messages to the
+    /// session removes an entry only after this returned `Ok`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping this future loses nothing (call it again or await the handle).
+    /// Dropping the *handle* while the message still waits for quota withdraws it, as with
+    /// [`Client::publish`].
+    pub async fn stored(&mut self) -> Result<(), Error> {
+        loop {
+            match &mut self.state {
+                PubState::Sent => return Ok(()),
+                PubState::Done(e) => {
+                    return Err(e.clone().unwrap_or(Error::ConnectionClosed));
+                }
+                PubState::Reply(rx) => {
+                    self.state = match rx.await {
+                        Err(_) => PubState::Done(Some(Error::ConnectionClosed)),
+                        Ok(Err(e)) => PubState::Done(Some(e)),
+                        // QoS 0: written; nothing to store.
+                        Ok(Ok(None)) => PubState::Sent,
+                        Ok(Ok(Some(c))) => PubState::Completion(c),
+                    };
+                }
+                PubState::Completion(c) => return c.stored().await.map_err(Error::from),
+            }
+        }
+    }
 }
 
 impl Future for PublishHandle {
@@ -510,6 +587,7 @@ impl Future for PublishHandle {
                 PubState::Done(e) => {
                     return Poll::Ready(Err(e.take().unwrap_or(Error::ConnectionClosed)))
                 }
+                PubState::Sent => return Poll::Ready(Ok(PublishOutcome::Sent)),
                 PubState::Reply(rx) => match Pin::new(rx).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(Ok(Some(c)))) => self.state = PubState::Completion(c),
@@ -636,7 +714,9 @@ where
             Packet::ConnAck(connack) => {
                 let connack = *connack;
                 if connack.reason_code.is_error() {
-                    let _ = state.session.on_connack(&connack);
+                    let _ = state
+                        .session
+                        .on_connack(&connack, tokio::time::Instant::now().into_std());
                     return Err(Error::ConnectionRefused {
                         reason_code: connack.reason_code.as_u8(),
                         reason_string: connack
@@ -646,7 +726,10 @@ where
                             .map(|s| s.to_string()),
                     });
                 }
-                let accepted = state.session.on_connack(&connack).map_err(Error::from);
+                let accepted = state
+                    .session
+                    .on_connack(&connack, tokio::time::Instant::now().into_std())
+                    .map_err(Error::from);
                 let accepted = accepted.and_then(|()| match &o.authenticator {
                     Some(a) => a
                         .lock()

@@ -382,10 +382,24 @@ where
 
     fn command(&mut self, c: Command) -> Result<Flow, Error> {
         match c {
-            Command::Publish { publish, reply } => {
+            Command::ReleaseOrigins(seq) => {
+                self.state.session.release_origins_before(seq);
+                self.drain(None)?;
+            }
+            Command::Publish {
+                publish,
+                origin,
+                reply,
+            } => {
                 let qos = publish.qos;
-                tracing::trace!(topic = %publish.topic, ?qos, "publish requested");
-                match self.state.session.publish(publish) {
+                tracing::trace!(topic = %publish.topic, ?qos, origin, "publish requested");
+                let now = Instant::now().into_std();
+                let session = &mut self.state.session;
+                let started = match origin {
+                    Some(o) => session.publish_with_origin(publish, o, now),
+                    None => session.publish(publish, now),
+                };
+                match started {
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                     }
@@ -402,7 +416,11 @@ where
                 }
             }
             Command::Subscribe { subscribe, reply } => {
-                let r = self.state.session.subscribe(subscribe).map_err(Error::from);
+                let r = self
+                    .state
+                    .session
+                    .subscribe(subscribe, Instant::now().into_std())
+                    .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
             }
@@ -410,13 +428,18 @@ where
                 let r = self
                     .state
                     .session
-                    .unsubscribe(unsubscribe)
+                    .unsubscribe(unsubscribe, Instant::now().into_std())
                     .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
             }
             Command::Ack(token) => {
-                if self.state.session.ack(token).is_err() {
+                if self
+                    .state
+                    .session
+                    .ack(token, Instant::now().into_std())
+                    .is_err()
+                {
                     tracing::debug!(id = token.packet_id().get(), "stale ack ignored");
                 }
                 self.drain(None)?;
@@ -545,6 +568,10 @@ where
         match r {
             Ok(()) => {
                 self.stores_done += 1;
+                if let Some(id) = put {
+                    // The first one resolves the publisher's "stored" stage.
+                    self.state.session.on_stored(Key::Outbound(id));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -684,7 +711,7 @@ where
             return Ok(());
         }
         for t in std::mem::take(&mut self.orphan_acks) {
-            let _ = self.state.session.ack(t);
+            let _ = self.state.session.ack(t, Instant::now().into_std());
         }
         self.drain(None)
     }
@@ -731,7 +758,9 @@ where
                     dup = publish.dup,
                     "PUBLISH in"
                 );
-                self.state.session.handle(Packet::Publish(publish))?;
+                self.state
+                    .session
+                    .handle(Packet::Publish(publish), Instant::now().into_std())?;
                 if qos != QoS::AtMostOnce {
                     self.check_receive_maximum()?;
                 }
@@ -744,7 +773,7 @@ where
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)) => {
                 tracing::trace!(packet = p.packet_type().name(), "in");
-                self.state.session.handle(p)?;
+                self.state.session.handle(p, Instant::now().into_std())?;
                 self.drain(None)
             }
             Packet::PingResp => {
@@ -909,8 +938,10 @@ where
         // Every store operation in progress answers first: after a failure, each tells
         // whether its exchange was stored.
         while let Some((put, r)) = self.stores.next().await {
-            if let Err(e) = r {
-                self.note_store_failure(put, &e);
+            match (put, r) {
+                (put, Err(e)) => self.note_store_failure(put, &e),
+                (Some(id), Ok(())) => self.state.session.on_stored(Key::Outbound(id)),
+                (None, Ok(())) => {}
             }
         }
         if let Some(e) = self.store_failure.take() {

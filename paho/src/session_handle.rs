@@ -170,6 +170,29 @@ impl<S: Store> SessionHandle<S> {
         }
     }
 
+    /// The outgoing queue entries this session holds (see
+    /// [`Client::start_publish_with_origin`](crate::Client::start_publish_with_origin)), read
+    /// without waiting: `None` while a connection is driving the session. A queue owner reads
+    /// it at start-up, before the first connection, and removes those entries from its queue
+    /// instead of sending them again.
+    pub fn held_origins(&self) -> Option<Vec<u64>> {
+        Some(self.inner.try_lock().ok()?.session.held_origins())
+    }
+
+    /// [`Client::release_origins_before`](crate::Client::release_origins_before) while no
+    /// connection drives the session (the store entries it frees are deleted when the next
+    /// connection starts). `false`, doing nothing, while a connection is driving it: use the
+    /// client then.
+    pub fn release_origins_before(&self, seq: u64) -> bool {
+        match self.inner.try_lock() {
+            Ok(mut g) => {
+                g.session.release_origins_before(seq);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Whether a connection is driving the session now.
     pub fn in_use(&self) -> bool {
         self.inner.try_lock().is_err()

@@ -5,113 +5,11 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-
-use bytes::Bytes;
+use common::stores::Flaky;
 use common::*;
 use paho::packets::{ConnAck, Packet, QoS};
-use paho::session::{
-    EntryKind, Error as SessionError, Key, MemoryStore, QuarantineReport, Session, SessionConfig,
-    Store, StoredEntry,
-};
+use paho::session::{Session, SessionConfig, Store};
 use paho::{Client, Error, SessionHandle};
-
-type Fut<T> = Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send>>;
-
-/// A memory store whose puts start failing on command: the `n`th put from then on fails
-/// ("not done": nothing applied), and every operation after it too (sticky, like a file
-/// store after a failed fsync), or, with `unknown`, it is applied and then reported as
-/// outcome unknown.
-#[derive(Debug, Clone, Default)]
-struct Flaky {
-    inner: MemoryStore,
-    puts_left: Arc<AtomicUsize>,
-    armed: Arc<AtomicBool>,
-    failed: Arc<AtomicBool>,
-    unknown: Arc<AtomicBool>,
-}
-
-impl Flaky {
-    fn fail_after_puts(&self, n: usize, unknown: bool) {
-        self.puts_left.store(n, Ordering::SeqCst);
-        self.unknown.store(unknown, Ordering::SeqCst);
-        self.armed.store(true, Ordering::SeqCst);
-    }
-
-    fn failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
-    }
-}
-
-impl Store for Flaky {
-    fn put(
-        &self,
-        key: Key,
-        kind: EntryKind,
-        value: Bytes,
-    ) -> impl Future<Output = Result<(), SessionError>> + Send + 'static {
-        let fut: Fut<()> = if self.failed() {
-            Box::pin(async { Err(SessionError::StoreFailed) })
-        } else if self.armed.load(Ordering::SeqCst)
-            && self.puts_left.fetch_sub(1, Ordering::SeqCst) == 0
-        {
-            self.failed.store(true, Ordering::SeqCst);
-            if self.unknown.load(Ordering::SeqCst) {
-                let applied = self.inner.put(key, kind, value);
-                Box::pin(async move {
-                    applied.await?;
-                    Err(SessionError::outcome_unknown(SessionError::StoreFailed))
-                })
-            } else {
-                Box::pin(async { Err(SessionError::StoreFailed) })
-            }
-        } else {
-            Box::pin(self.inner.put(key, kind, value))
-        };
-        fut
-    }
-
-    fn get(
-        &self,
-        key: Key,
-    ) -> impl Future<Output = Result<Option<StoredEntry>, SessionError>> + Send + 'static {
-        self.inner.get(key)
-    }
-
-    fn delete(&self, key: Key) -> impl Future<Output = Result<(), SessionError>> + Send + 'static {
-        let fut: Fut<()> = if self.failed() {
-            Box::pin(async { Err(SessionError::StoreFailed) })
-        } else {
-            Box::pin(self.inner.delete(key))
-        };
-        fut
-    }
-
-    fn list(
-        &self,
-    ) -> impl Future<Output = Result<Vec<StoredEntry>, SessionError>> + Send + 'static {
-        self.inner.list()
-    }
-
-    fn reset(&self) -> impl Future<Output = Result<(), SessionError>> + Send + 'static {
-        self.inner.reset()
-    }
-
-    fn quarantine(
-        &self,
-        key: Key,
-        reason: String,
-    ) -> impl Future<Output = Result<(), SessionError>> + Send + 'static {
-        self.inner.quarantine(key, reason)
-    }
-
-    fn quarantined(&self) -> Vec<QuarantineReport> {
-        self.inner.quarantined()
-    }
-}
 
 async fn connect(store: Flaky) -> (Client, paho::Incoming, Peer, SessionHandle<Flaky>) {
     let session = SessionHandle::new(

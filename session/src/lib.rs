@@ -66,18 +66,22 @@
 //!
 //! let clean_start = session.begin_connect(false, Instant::now());
 //! assert!(!clean_start);
-//! session.on_connack(&ConnAck::default())?;
+//! session.on_connack(&ConnAck::default(), Instant::now())?;
 //!
-//! let done = session.publish(Publish {
-//!     qos: QoS::AtLeastOnce,
-//!     topic: "sensors/1".into(),
-//!     payload: "21.5".into(),
-//!     ..Default::default()
-//! })?;
+//! let done = session.publish(
+//!     Publish {
+//!         qos: QoS::AtLeastOnce,
+//!         topic: "sensors/1".into(),
+//!         payload: "21.5".into(),
+//!         ..Default::default()
+//!     },
+//!     Instant::now(),
+//! )?;
 //! // The driver loop: store first, then send, in order.
 //! while let Some(action) = session.poll_action() {
 //!     match action {
 //!         Action::Store(op) => op.apply(&store).await?,
+//!         // (a real driver reports each completed Put: session.on_stored(key))
 //!         Action::Send(packet) => wire.push(packet),
 //!         Action::Deliver(_message) => {}
 //!         _ => {}
@@ -87,7 +91,7 @@
 //! let id = sent.packet_id.ok_or(paho_session::Error::InvalidPacket("no id"))?;
 //!
 //! // Later the broker acknowledges; the handle resolves with the reason code.
-//! session.handle(Packet::PubAck(PubAck::new(id)))?;
+//! session.handle(Packet::PubAck(PubAck::new(id)), Instant::now())?;
 //! while let Some(action) = session.poll_action() {
 //!     if let Action::Store(op) = action {
 //!         op.apply(&store).await?;

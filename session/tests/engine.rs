@@ -79,7 +79,16 @@ impl<S: Store> Harness<S> {
     async fn drive(&mut self) {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::Store(op) => op.apply(&self.store).await.unwrap(),
+                Action::Store(op) => {
+                    let put = match &op {
+                        paho_session::StoreOp::Put { key, .. } => Some(*key),
+                        _ => None,
+                    };
+                    op.apply(&self.store).await.unwrap();
+                    if let Some(key) = put {
+                        self.session.on_stored(key);
+                    }
+                }
                 Action::Send(p) => self.wire.push_back(p),
                 Action::Deliver(d) => self.delivered.push(d),
                 Action::Abandoned(p) => self.abandoned.push(p),
@@ -96,7 +105,7 @@ impl<S: Store> Harness<S> {
             ..Default::default()
         };
         connack.properties.receive_maximum = receive_max;
-        self.session.on_connack(&connack).unwrap();
+        self.session.on_connack(&connack, self.now).unwrap();
         self.drive().await;
         clean
     }
@@ -112,12 +121,12 @@ impl<S: Store> Harness<S> {
     }
 
     async fn feed(&mut self, p: impl Into<Packet>) {
-        self.session.handle(p.into()).unwrap();
+        self.session.handle(p.into(), self.now).unwrap();
         self.drive().await;
     }
 
     async fn publish(&mut self, p: Publish) -> paho_session::PublishCompletion {
-        let c = self.session.publish(p).unwrap();
+        let c = self.session.publish(p, self.now).unwrap();
         self.drive().await;
         c
     }
@@ -326,12 +335,12 @@ async fn all_ids_exhausted_then_freed_then_reused() {
     let mut h = memory_harness(HOUR);
     h.connect(false, Some(u16::MAX)).await;
     // One SUBSCRIBE plus 65,534 publishes hold every id.
-    let _sub = h.session.subscribe(subscribe()).unwrap();
+    let _sub = h.session.subscribe(subscribe(), h.now).unwrap();
     let mut handles = Vec::new();
     for i in 0..65_534u32 {
         handles.push(
             h.session
-                .publish(msg(QoS::AtLeastOnce, "t", &i.to_string()))
+                .publish(msg(QoS::AtLeastOnce, "t", &i.to_string()), h.now)
                 .unwrap(),
         );
     }
@@ -349,11 +358,11 @@ async fn all_ids_exhausted_then_freed_then_reused() {
     }
     // Quota remains (65,534 < 65,535), but no id: a typed error, for both kinds.
     assert!(matches!(
-        h.session.publish(msg(QoS::AtLeastOnce, "t", "more")),
+        h.session.publish(msg(QoS::AtLeastOnce, "t", "more"), h.now),
         Err(Error::PacketIdsExhausted)
     ));
     assert!(matches!(
-        h.session.subscribe(subscribe()),
+        h.session.subscribe(subscribe(), h.now),
         Err(Error::PacketIdsExhausted)
     ));
 
@@ -528,14 +537,14 @@ async fn failure_reason_codes_resolve_the_handle() {
 async fn subscribe_fails_with_connection_lost_and_frees_its_id() {
     let mut h = memory_harness(HOUR);
     h.connect(false, None).await;
-    let sub = h.session.subscribe(subscribe()).unwrap();
+    let sub = h.session.subscribe(subscribe(), h.now).unwrap();
     h.drive().await;
     assert_eq!(h.session.packet_ids_in_use(), 1);
     h.drop_link().await;
     assert!(matches!(sub.await, Err(Error::ConnectionLost)));
     assert_eq!(h.session.packet_ids_in_use(), 0);
     h.connect(true, None).await;
-    let sub = h.session.subscribe(subscribe()).unwrap();
+    let sub = h.session.subscribe(subscribe(), h.now).unwrap();
     h.drive().await;
     let Packet::Subscribe(s) = h.take_wire().remove(0) else {
         panic!()
@@ -571,7 +580,7 @@ async fn topic_alias_is_never_stored() {
     let mut alias_only = msg(QoS::AtLeastOnce, "", "x");
     alias_only.properties.topic_alias = Some(5);
     assert!(matches!(
-        h.session.publish(alias_only),
+        h.session.publish(alias_only, h.now),
         Err(Error::InvalidPacket(_))
     ));
 }
@@ -591,7 +600,7 @@ async fn inbound_qos2_stored_before_pubrec_and_not_redelivered_across_reconnect(
     // Nothing stored yet: a process that dies now must get the message again.
     assert!(h.stored().await.is_empty());
     let token = h.delivered[0].ack_token().unwrap();
-    h.session.ack(token).unwrap();
+    h.session.ack(token, h.now).unwrap();
     // The ack stores the marker, and only then does PUBREC go.
     let store_op = match h.session.poll_action() {
         Some(Action::Store(op)) => op,
@@ -641,14 +650,14 @@ async fn acks_go_out_in_arrival_order_and_stale_acks_are_typed() {
     h.feed(incoming(QoS::ExactlyOnce, 2, "b")).await;
     h.feed(incoming(QoS::AtLeastOnce, 3, "c")).await;
     let tokens: Vec<_> = h.delivered.iter().map(|d| d.ack_token().unwrap()).collect();
-    h.session.ack(tokens[2]).unwrap();
-    h.session.ack(tokens[1]).unwrap();
+    h.session.ack(tokens[2], h.now).unwrap();
+    h.session.ack(tokens[1], h.now).unwrap();
     h.drive().await;
     assert!(
         h.take_wire().is_empty(),
         "waits for the first message's ack"
     );
-    h.session.ack(tokens[0]).unwrap();
+    h.session.ack(tokens[0], h.now).unwrap();
     h.drive().await;
     assert_eq!(
         h.take_wire(),
@@ -662,7 +671,7 @@ async fn acks_go_out_in_arrival_order_and_stale_acks_are_typed() {
     let stale = h.delivered[3].ack_token().unwrap();
     h.drop_link().await;
     h.connect(true, None).await;
-    assert!(matches!(h.session.ack(stale), Err(Error::StaleAck)));
+    assert!(matches!(h.session.ack(stale, h.now), Err(Error::StaleAck)));
     h.drive().await;
     assert!(h.take_wire().is_empty());
 }
@@ -686,7 +695,9 @@ async fn inbound_qos2_duplicate_suppressed_across_restart() {
         h.connect(false, None).await;
         h.feed(incoming(QoS::ExactlyOnce, 21, "only once")).await;
         assert_eq!(h.delivered.len(), 1);
-        h.session.ack(h.delivered[0].ack_token().unwrap()).unwrap();
+        h.session
+            .ack(h.delivered[0].ack_token().unwrap(), h.now)
+            .unwrap();
         h.drive().await;
         assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(21)))]);
         // The process dies here, after PUBREC: the marker is durable (it was stored first).
@@ -883,7 +894,7 @@ async fn server_session_expiry_from_connack_wins() {
     assert!(!clean);
     let mut connack = ConnAck::default();
     connack.properties.session_expiry_interval = Some(10);
-    h.session.on_connack(&connack).unwrap();
+    h.session.on_connack(&connack, h.now).unwrap();
     let done = h.publish(msg(QoS::AtLeastOnce, "e", "x")).await;
     h.drop_link().await;
     h.advance(Duration::from_secs(11));
@@ -902,7 +913,7 @@ async fn refused_connack_and_impossible_session_present_are_typed_errors() {
         ..Default::default()
     };
     assert!(matches!(
-        h.session.on_connack(&connack),
+        h.session.on_connack(&connack, h.now),
         Err(Error::ConnectionRefused { reason_code: 0x87 })
     ));
     assert!(!h.session.is_connected());
@@ -911,7 +922,7 @@ async fn refused_connack_and_impossible_session_present_are_typed_errors() {
         session_present: true,
         ..Default::default()
     };
-    let e = h.session.on_connack(&bogus).unwrap_err();
+    let e = h.session.on_connack(&bogus, h.now).unwrap_err();
     assert_eq!(e.reason_code(), Some(0x82));
 }
 
@@ -939,10 +950,13 @@ async fn pubrel_before_our_pubrec_is_a_protocol_error_and_inbound_count_tracks()
     h.feed(incoming(QoS::AtLeastOnce, 1, "a")).await;
     h.feed(incoming(QoS::ExactlyOnce, 2, "b")).await;
     assert_eq!(h.session.inbound_in_flight(), 2);
-    let e = h.session.handle(PubRel::new(pid(2)).into()).unwrap_err();
+    let e = h
+        .session
+        .handle(PubRel::new(pid(2)).into(), h.now)
+        .unwrap_err();
     assert_eq!(e.reason_code(), Some(0x82));
     for d in h.delivered.clone() {
-        h.session.ack(d.ack_token().unwrap()).unwrap();
+        h.session.ack(d.ack_token().unwrap(), h.now).unwrap();
     }
     h.drive().await;
     assert_eq!(
@@ -963,7 +977,7 @@ async fn connect_with(h: &mut Harness<MemoryStore>, present: bool, f: impl FnOnc
         ..Default::default()
     };
     f(&mut connack);
-    h.session.on_connack(&connack).unwrap();
+    h.session.on_connack(&connack, h.now).unwrap();
     h.drive().await;
 }
 
@@ -978,17 +992,17 @@ async fn server_capabilities_are_checked_before_anything_is_stored() {
     .await;
     let big = msg(QoS::AtLeastOnce, "t", &"x".repeat(200));
     assert!(matches!(
-        h.session.publish(big),
+        h.session.publish(big, h.now),
         Err(Error::PacketTooLarge { max: 100, .. })
     ));
     let e = h
         .session
-        .publish(msg(QoS::ExactlyOnce, "t", "x"))
+        .publish(msg(QoS::ExactlyOnce, "t", "x"), h.now)
         .unwrap_err();
     assert_eq!(e.reason_code(), Some(0x9B));
     let mut retained = msg(QoS::AtLeastOnce, "t", "x");
     retained.retain = true;
-    let e = h.session.publish(retained).unwrap_err();
+    let e = h.session.publish(retained, h.now).unwrap_err();
     assert_eq!(e.reason_code(), Some(0x9A));
     h.drive().await;
     assert!(h.stored().await.is_empty());
@@ -1036,7 +1050,7 @@ async fn a_second_connack_is_a_protocol_error_and_resends_nothing() {
         session_present: true,
         ..Default::default()
     };
-    let e = h.session.on_connack(&again).unwrap_err();
+    let e = h.session.on_connack(&again, h.now).unwrap_err();
     assert_eq!(e.reason_code(), Some(0x82));
     h.drive().await;
     // Nothing went out twice on the link that already carries both, and the quota is intact.
@@ -1101,7 +1115,9 @@ async fn inbound_qos2_not_acked_before_a_crash_is_delivered_again_after_restart(
         "the unacknowledged message is delivered"
     );
     // Once acked it is recorded (before PUBREC) and a further resend is not delivered again.
-    h.session.ack(h.delivered[0].ack_token().unwrap()).unwrap();
+    h.session
+        .ack(h.delivered[0].ack_token().unwrap(), h.now)
+        .unwrap();
     h.drive().await;
     assert_eq!(
         h.stored().await,
@@ -1133,9 +1149,11 @@ async fn inbound_qos2_delivered_but_not_acked_when_the_link_drops_is_not_deliver
         vec![(Key::Inbound(pid(5)), EntryKind::PubRec)]
     );
     assert_eq!(h.take_wire(), vec![Packet::PubRec(PubRec::new(pid(5)))]);
-    assert!(matches!(h.session.ack(first), Err(Error::StaleAck)));
+    assert!(matches!(h.session.ack(first, h.now), Err(Error::StaleAck)));
     h.feed(incoming(QoS::AtLeastOnce, 6, "next")).await;
-    h.session.ack(h.delivered[1].ack_token().unwrap()).unwrap();
+    h.session
+        .ack(h.delivered[1].ack_token().unwrap(), h.now)
+        .unwrap();
     h.drive().await;
     assert_eq!(h.take_wire(), vec![Packet::PubAck(PubAck::new(pid(6)))]);
     h.feed(PubRel::new(pid(5))).await;
@@ -1170,7 +1188,9 @@ async fn session_present_0_republishes_every_unfinished_exchange_in_order_as_new
     h.take_wire();
     // An inbound QoS 2 message the server will forget with its session.
     h.feed(incoming(QoS::ExactlyOnce, 7, "in")).await;
-    h.session.ack(h.delivered[0].ack_token().unwrap()).unwrap();
+    h.session
+        .ack(h.delivered[0].ack_token().unwrap(), h.now)
+        .unwrap();
     h.drive().await;
     h.take_wire();
     h.drop_link().await;
@@ -1304,16 +1324,25 @@ async fn a_store_failure_tells_stored_exchanges_from_unstored_ones() {
     let mut h = memory_harness(HOUR);
     h.connect(false, Some(2)).await;
     let stored = h.publish(msg(QoS::AtLeastOnce, "t", "stored")).await;
-    let failed_put = h.publish(msg(QoS::ExactlyOnce, "t", "put failed")).await;
+    h.take_wire();
+    // The driver applies this one's Put, and the store answers with an error.
+    let failed_put = h
+        .session
+        .publish(msg(QoS::ExactlyOnce, "t", "put failed"), h.now)
+        .unwrap();
+    let mut failed_id = None;
+    while let Some(a) = h.session.poll_action() {
+        if let Action::Store(paho_session::StoreOp::Put {
+            key: Key::Outbound(id),
+            ..
+        }) = a
+        {
+            failed_id = Some(id);
+        }
+    }
     let waiting = h.publish(msg(QoS::AtLeastOnce, "t", "waiting")).await;
-    let ids: Vec<PacketId> = h
-        .sent_publishes()
-        .iter()
-        .map(|p| p.packet_id.unwrap())
-        .collect();
-    // The driver saw the second Put fail with a "not done" error.
-    let cause = Error::StoreFailed;
-    h.session.on_store_failed(cause, [ids[1]]);
+    h.session
+        .on_store_failed(Error::StoreFailed, [failed_id.unwrap()]);
     let e = stored.await.unwrap_err();
     assert!(e.is_outcome_unknown(), "stored before: {e}");
     let e = failed_put.await.unwrap_err();
@@ -1345,4 +1374,145 @@ async fn dropping_the_session_says_outcome_unknown_for_stored_and_closed_for_wai
     assert!(stored.await.unwrap_err().is_outcome_unknown());
     let e = waiting.await.unwrap_err();
     assert!(matches!(e, Error::SessionClosed), "{e}");
+}
+
+// ----- the stored stage -------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_stored_stage_comes_after_the_put_and_waits_for_quota() {
+    /// Polls once: the harness carries out store operations synchronously, so a stage that
+    /// is reached is ready at once (and a missing signal fails instead of hanging).
+    fn now<F: std::future::Future>(f: F) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::pin::pin!(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(1)).await;
+    let mut first = h.publish(msg(QoS::AtLeastOnce, "t", "1")).await;
+    let mut second = h.publish(msg(QoS::ExactlyOnce, "t", "2")).await;
+    assert!(
+        matches!(now(first.stored()), Some(Ok(()))),
+        "stored: quota allowed it"
+    );
+    assert!(
+        now(second.stored()).is_none(),
+        "waits for quota: not stored yet"
+    );
+    assert!(first.try_outcome().is_none(), "stored is not acknowledged");
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(puback(id)).await;
+    assert!(matches!(now(second.stored()), Some(Ok(()))));
+    assert!(now(first).unwrap().unwrap().is_success());
+    // A QoS 0 message has no stored stage.
+    let mut q0 = h.publish(msg(QoS::AtMostOnce, "t", "0")).await;
+    assert!(matches!(now(q0.stored()), Some(Ok(()))));
+    assert!(matches!(now(q0), Some(Ok(PublishOutcome::Sent))));
+}
+
+#[tokio::test]
+async fn an_exchange_that_ends_before_it_is_stored_reports_its_error_at_both_stages() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(1)).await;
+    let _first = h.publish(msg(QoS::AtLeastOnce, "t", "1")).await;
+    let mut waiting = h.publish(msg(QoS::AtLeastOnce, "t", "2")).await;
+    drop(h); // the session goes while it still waits for quota
+    let e = waiting.stored().await.unwrap_err();
+    assert!(matches!(e, Error::SessionClosed), "{e}");
+    let e = waiting.await.unwrap_err();
+    assert!(
+        matches!(e, Error::SessionClosed),
+        "the outcome is kept: {e}"
+    );
+}
+
+// ----- the handoff from an outgoing queue ---------------------------------------------------
+
+#[tokio::test]
+async fn a_queued_message_stays_on_record_until_its_queue_entry_is_released() {
+    let store = MemoryStore::new();
+    let config = || SessionConfig::new().session_expiry_interval(HOUR);
+    let mut h = Harness::new(Session::new(config()), store.clone());
+    h.connect(false, None).await;
+    let now = h.now;
+    let done = h
+        .session
+        .publish_with_origin(msg(QoS::AtLeastOnce, "q", "seven"), 7, now)
+        .unwrap();
+    h.drive().await;
+    assert_eq!(h.session.held_origins(), vec![7]);
+    // A crash now: the restarted session knows it holds queue entry 7.
+    let restored = Session::restore(config(), store.list().await.unwrap());
+    assert_eq!(restored.held_origins(), vec![7]);
+    drop(restored);
+
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(puback(id)).await;
+    assert!(done.await.unwrap().is_success());
+    // Acknowledged, but the queue has not said the entry is gone: still on record.
+    assert_eq!(h.session.unfinished(), 0);
+    assert_eq!(h.session.held_origins(), vec![7]);
+    assert_eq!(h.stored().await.len(), 1);
+    let restored = Session::restore(config(), store.list().await.unwrap());
+    assert_eq!(
+        restored.held_origins(),
+        vec![7],
+        "a crash now must not resend entry 7"
+    );
+    drop(restored);
+
+    h.session.release_origins_before(8);
+    h.drive().await;
+    assert!(h.session.held_origins().is_empty());
+    assert!(h.stored().await.is_empty());
+    assert_eq!(h.session.packet_ids_in_use(), 0);
+
+    // Released before it finishes: deleted as usual when it does.
+    let done = h
+        .session
+        .publish_with_origin(msg(QoS::ExactlyOnce, "q", "nine"), 9, now)
+        .unwrap();
+    h.drive().await;
+    h.session.release_origins_before(10);
+    let id = h.sent_publishes()[0].packet_id.unwrap();
+    h.feed(PubRec::new(id)).await;
+    // The PUBREL stage keeps the origin with the message.
+    let restored = Session::restore(config(), store.list().await.unwrap());
+    assert_eq!(restored.held_origins(), vec![9]);
+    drop(restored);
+    h.take_wire();
+    h.feed(PubComp::new(id)).await;
+    assert!(done.await.unwrap().is_success());
+    assert!(h.stored().await.is_empty());
+    assert!(h.session.held_origins().is_empty());
+}
+
+#[tokio::test]
+async fn a_stored_value_with_a_garbled_origin_trailer_is_quarantined() {
+    let store = MemoryStore::new();
+    let mut h = Harness::new(Session::new(SessionConfig::new()), store.clone());
+    h.connect(false, None).await;
+    let now = h.now;
+    drop(
+        h.session
+            .publish_with_origin(msg(QoS::AtLeastOnce, "q", "x"), 3, now)
+            .unwrap(),
+    );
+    h.drive().await;
+    let entry = store.list().await.unwrap().remove(0);
+    let mut bad = entry.value().to_vec();
+    bad.push(0); // 17 bytes after the packet: not a trailer
+    let other = MemoryStore::new();
+    other
+        .put(entry.key(), entry.kind(), Bytes::from(bad))
+        .await
+        .unwrap();
+    let mut s = Session::restore(SessionConfig::new(), other.list().await.unwrap());
+    assert_eq!(s.unfinished(), 0);
+    assert!(matches!(
+        s.poll_action(),
+        Some(Action::Store(paho_session::StoreOp::Quarantine { .. }))
+    ));
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+pub mod stores;
+
 /// The virtual-time bound on a paused-clock test's body.
 pub const LIMIT: Duration = Duration::from_secs(600);
 

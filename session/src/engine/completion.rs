@@ -69,6 +69,10 @@ impl PublishOutcome {
 #[must_use = "a completion does nothing unless awaited (dropping it does not cancel the exchange)"]
 pub struct Completion<T> {
     rx: oneshot::Receiver<Result<T, Error>>,
+    /// Fired once the exchange's first store write completed (publishes of QoS 1/2 only).
+    stored: Option<oneshot::Receiver<()>>,
+    /// An outcome taken early by [`PublishCompletion::stored`], returned by the next poll.
+    early: Option<Result<T, Error>>,
 }
 
 /// The completion of a publish.
@@ -81,7 +85,31 @@ pub type UnsubscribeCompletion = Completion<UnsubAck>;
 impl<T> Completion<T> {
     pub(crate) fn pair() -> (Completer<T>, Completion<T>) {
         let (tx, rx) = oneshot::channel();
-        (Completer { tx }, Completion { rx })
+        (
+            Completer { tx, stored: None },
+            Completion {
+                rx,
+                stored: None,
+                early: None,
+            },
+        )
+    }
+
+    /// A pair whose completion can also report the "stored" stage.
+    pub(crate) fn pair_with_stored() -> (Completer<T>, Completion<T>) {
+        let (tx, rx) = oneshot::channel();
+        let (stx, srx) = oneshot::channel();
+        (
+            Completer {
+                tx,
+                stored: Some(stx),
+            },
+            Completion {
+                rx,
+                stored: Some(srx),
+                early: None,
+            },
+        )
     }
 
     pub(crate) fn ready(value: Result<T, Error>) -> Completion<T> {
@@ -92,6 +120,9 @@ impl<T> Completion<T> {
 
     /// The outcome if the exchange has already ended, without waiting.
     pub fn try_outcome(&mut self) -> Option<Result<T, Error>> {
+        if let Some(v) = self.early.take() {
+            return Some(v);
+        }
         match self.rx.try_recv() {
             Ok(Some(v)) => Some(v),
             Ok(None) => None,
@@ -100,10 +131,16 @@ impl<T> Completion<T> {
     }
 }
 
+// Nothing in it is ever pinned (the receivers are `Unpin`; `early` is moved out by value).
+impl<T> Unpin for Completion<T> {}
+
 impl<T> Future for Completion<T> {
     type Output = Result<T, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(v) = self.early.take() {
+            return Poll::Ready(v);
+        }
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(v)) => Poll::Ready(v),
             Poll::Ready(Err(_)) => Poll::Ready(Err(Error::SessionClosed)),
@@ -112,13 +149,64 @@ impl<T> Future for Completion<T> {
     }
 }
 
+impl Completion<PublishOutcome> {
+    /// Waits until the message is **durable in the session store** (the first stage of a
+    /// QoS 1/2 publish: its PUBLISH is written to the store before it goes on the wire), and
+    /// returns `Ok(())`; the completion itself still resolves later with the acknowledgement.
+    /// A QoS 0 message is never stored, and returns `Ok(())` at once.
+    ///
+    /// If the exchange ends before it was stored (a capability check failed when it left the
+    /// queue, the session was dropped, the store failed before the write), this returns that
+    /// outcome's error, which a later poll of the completion returns again. What "durable"
+    /// means depends on the store: a [`FileStore`](crate::FileStore) has fsynced it.
+    ///
+    /// This is what a durable outbox waits for before it removes a message from its queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping this future loses nothing; call it again.
+    pub async fn stored(&mut self) -> Result<(), Error> {
+        let Some(rx) = self.stored.as_mut() else {
+            return Ok(());
+        };
+        if rx.await.is_ok() {
+            self.stored = None;
+            return Ok(());
+        }
+        // The engine let go of the stored signal without firing it: the exchange ended (or
+        // the session went) first. Keep the outcome for the completion's own poll.
+        self.stored = None;
+        let outcome = match self.early.take() {
+            Some(v) => v,
+            None => match (&mut self.rx).await {
+                Ok(v) => v,
+                Err(_) => Err(Error::SessionClosed),
+            },
+        };
+        let r = match &outcome {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        self.early = Some(outcome);
+        r
+    }
+}
+
 /// The engine's half of a [`Completion`].
 #[derive(Debug)]
 pub(crate) struct Completer<T> {
     tx: oneshot::Sender<Result<T, Error>>,
+    stored: Option<oneshot::Sender<()>>,
 }
 
 impl<T> Completer<T> {
+    /// Reports the "stored" stage (once; later calls do nothing).
+    pub(crate) fn stored(&mut self) {
+        if let Some(s) = self.stored.take() {
+            let _ = s.send(());
+        }
+    }
+
     pub(crate) fn complete(self, value: Result<T, Error>) {
         // The caller may have dropped its handle; the exchange still ended, nothing to report.
         let _ = self.tx.send(value);

@@ -111,12 +111,16 @@ struct Outbound {
     stored: bool,
     /// `None` for exchanges restored from a store (their caller belonged to another process).
     completer: Option<Completer<PublishOutcome>>,
+    /// The outgoing queue entry this message came from (see
+    /// [`Session::publish_with_origin`]), stored with it.
+    origin: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Waiting {
     publish: Publish,
     completer: Completer<PublishOutcome>,
+    origin: Option<u64>,
 }
 
 /// Why a session is being given up.
@@ -164,6 +168,9 @@ enum Link {
 /// contract.
 #[derive(Debug)]
 pub struct Session {
+    /// The latest time a caller passed in (every mutating input takes the current time, so
+    /// that time-dependent rules, such as message expiry, never read a clock).
+    now: Option<Instant>,
     expiry: u32,
     lost_policy: SessionLostPolicy,
     link: Link,
@@ -189,6 +196,12 @@ pub struct Session {
     /// The server's limits from the last CONNACK.
     limits: Limits,
     actions: VecDeque<Action>,
+    /// Finished exchanges whose queue entry is not yet known to be gone from its queue: their
+    /// store entries (and packet ids) are kept so that a restart still knows the queue entry
+    /// was handed over. By origin.
+    retired: BTreeMap<u64, PacketId>,
+    /// Every origin below this has left its queue durably.
+    released_before: u64,
 }
 
 /// What the server said it accepts (CONNACK); MQTT's defaults until then.
@@ -246,10 +259,45 @@ fn encode(packet: &Packet) -> Result<Bytes, Error> {
     Ok(buf.freeze())
 }
 
+/// Marks the origin trailer after a stored PUBLISH.
+const ORIGIN_MAGIC: &[u8; 8] = b"PAHOORG1";
+
+/// The store value of an outgoing PUBLISH: the encoded packet, followed, for a message that
+/// came from an outgoing queue, by `ORIGIN_MAGIC` and the queue entry's number (u64, little
+/// endian). The packet's own length says where it ends, so the trailer is never ambiguous.
+fn encode_stored(p: &Publish, origin: Option<u64>) -> Result<Bytes, Error> {
+    let mut buf = BytesMut::new();
+    Packet::Publish(p.clone()).encode(&mut buf)?;
+    if let Some(o) = origin {
+        buf.extend_from_slice(ORIGIN_MAGIC);
+        buf.extend_from_slice(&o.to_le_bytes());
+    }
+    Ok(buf.freeze())
+}
+
+/// Splits a stored value into its packet and origin (see [`encode_stored`]).
+fn decode_stored(value: &Bytes) -> Result<(Packet, Option<u64>), &'static str> {
+    let mut buf = BytesMut::from(&value[..]);
+    let packet = match paho_packets::decode(&mut buf, paho_packets::MAX_PACKET_SIZE) {
+        Ok(Some(p)) => p,
+        _ => return Err("stored bytes are not a valid MQTT packet"),
+    };
+    match buf.len() {
+        0 => Ok((packet, None)),
+        16 if &buf[..8] == ORIGIN_MAGIC => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&buf[8..]);
+            Ok((packet, Some(u64::from_le_bytes(n))))
+        }
+        _ => Err("stored bytes have trailing garbage after the packet"),
+    }
+}
+
 impl Session {
     /// A new, empty session.
     pub fn new(config: SessionConfig) -> Self {
         Session {
+            now: None,
             expiry: config.session_expiry_interval,
             lost_policy: config.on_session_lost,
             link: Link::Down,
@@ -267,6 +315,8 @@ impl Session {
             in_flight: 0,
             limits: Limits::default(),
             actions: VecDeque::new(),
+            retired: BTreeMap::new(),
+            released_before: 0,
         }
     }
 
@@ -308,8 +358,10 @@ impl Session {
     }
 
     fn restore_one(&mut self, entry: &StoredEntry) -> Result<(), &'static str> {
-        let packet = Packet::decode_exact(entry.value().clone())
-            .map_err(|_| "stored bytes are not a valid MQTT packet")?;
+        let (packet, origin) = decode_stored(entry.value())?;
+        if origin.is_some() && !matches!(packet, Packet::Publish(_)) {
+            return Err("an origin trailer after a packet that is not a PUBLISH");
+        }
         let id = entry.key().packet_id();
         match (entry.key(), entry.kind(), packet) {
             (Key::Outbound(_), EntryKind::Publish, Packet::Publish(p)) => {
@@ -324,7 +376,7 @@ impl Session {
                     QoS::ExactlyOnce => OutState::Pubrec(p),
                     QoS::AtMostOnce => return Err("stored PUBLISH has QoS 0"),
                 };
-                self.insert_outbound(id, state, None);
+                self.insert_outbound(id, state, None, origin);
             }
             (Key::Outbound(_), EntryKind::PubRel, Packet::Publish(p)) => {
                 // The PUBREL stage keeps its message (see `on_pubrec`).
@@ -334,12 +386,12 @@ impl Session {
                 if p.topic.is_empty() || p.properties.topic_alias.is_some() {
                     return Err("stored PUBLISH lacks its topic name or carries a topic alias");
                 }
-                self.insert_outbound(id, OutState::Pubcomp(Some(p)), None);
+                self.insert_outbound(id, OutState::Pubcomp(Some(p)), None, origin);
             }
             (Key::Outbound(_), EntryKind::PubRel, Packet::PubRel(p)) if p.packet_id == id => {
                 // Written by a version that stored the bare PUBREL: it can be completed, but
                 // not republished if the server has forgotten the session.
-                self.insert_outbound(id, OutState::Pubcomp(None), None);
+                self.insert_outbound(id, OutState::Pubcomp(None), None, None);
             }
             (Key::Inbound(_), EntryKind::PubRec, Packet::PubRec(p)) if p.packet_id == id => {
                 self.inbound.insert(id, inbound::State::Recorded);
@@ -354,6 +406,7 @@ impl Session {
         id: PacketId,
         state: OutState,
         completer: Option<Completer<PublishOutcome>>,
+        origin: Option<u64>,
     ) {
         self.ids.claim(id);
         let order = self.next_order;
@@ -369,6 +422,7 @@ impl Session {
                 // A restored exchange is in the store; a live one has just had its Put issued.
                 stored: completer.is_none(),
                 completer,
+                origin,
             },
         );
     }
@@ -385,6 +439,7 @@ impl Session {
     /// before it calls this: exchanges from then on count as stored (see
     /// [`on_store_failed`](Session::on_store_failed)).
     pub fn begin_connect(&mut self, clean_start: bool, now: Instant) -> bool {
+        self.tick(now);
         if self.link == Link::Up {
             // The driver did not report the old connection's end; it has ended now.
             self.on_connection_lost(now);
@@ -423,7 +478,8 @@ impl Session {
     /// Start = 1 is a protocol violation ([`Error::Protocol`], 0x82) and also leaves the session
     /// offline. A second CONNACK on a connection that is up is a protocol violation too and
     /// changes nothing (the driver disconnects and reports the loss).
-    pub fn on_connack(&mut self, connack: &ConnAck) -> Result<(), Error> {
+    pub fn on_connack(&mut self, connack: &ConnAck, now: Instant) -> Result<(), Error> {
+        self.tick(now);
         if self.link == Link::Up {
             // A second CONNACK on one connection (MQTT-3.2.0-2 allows one). Taking it as a new
             // connection would resend every unfinished exchange on the link that already
@@ -509,6 +565,7 @@ impl Session {
     /// tokens of this connection become stale. With a Session Expiry Interval of 0 the session
     /// is cleared at once ([`Error::SessionExpired`]).
     pub fn on_connection_lost(&mut self, now: Instant) {
+        self.tick(now);
         match self.link {
             Link::Down => return,
             Link::Connecting { .. } => {
@@ -594,7 +651,7 @@ impl Session {
                     // Back to "PUBLISH stored": if the process dies before PUBREC, a restart
                     // must republish it, not resend a PUBREL that the new server session would
                     // answer with 0x92 (taken as success).
-                    match encode(&Packet::Publish(p.clone())) {
+                    match encode_stored(&p, out.origin) {
                         Ok(value) => {
                             out.state = OutState::Pubrec(p);
                             self.actions.push_back(Action::Store(StoreOp::Put {
@@ -631,6 +688,9 @@ impl Session {
                     }
                 }
                 self.order.clear();
+                for (_, id) in std::mem::take(&mut self.retired) {
+                    self.ids.free(id);
+                }
                 self.actions.push_back(Action::Store(StoreOp::Reset));
                 self.inbound.clear();
                 return;
@@ -666,7 +726,69 @@ impl Session {
     /// replaced. Fails at once with [`Error::PacketIdsExhausted`] if it could be sent now but
     /// every packet id is in use, and with [`Error::InvalidPacket`] for a PUBLISH without a
     /// topic name.
-    pub fn publish(&mut self, mut publish: Publish) -> Result<PublishCompletion, Error> {
+    pub fn publish(&mut self, publish: Publish, now: Instant) -> Result<PublishCompletion, Error> {
+        self.publish_inner(publish, None, now)
+    }
+
+    /// [`publish`](Session::publish) for a message taken from an outgoing queue, whose entry
+    /// is numbered `origin` (numbers increase in queue order). The number is stored with the
+    /// message, so that after a crash between "stored in the session" and "removed from the
+    /// queue" the queue's owner can see ([`held_origins`](Session::held_origins)) that the
+    /// session already holds the entry, and remove it instead of sending it a second time.
+    ///
+    /// Until the owner reports the entry gone from its queue
+    /// ([`release_origins_before`](Session::release_origins_before)), a finished exchange
+    /// keeps its store entry and packet id (its handle resolves as usual): else a crash after
+    /// the acknowledgement but before the queue removal became durable would leave the entry
+    /// in the queue with nothing to say it was delivered, and it would be sent again.
+    pub fn publish_with_origin(
+        &mut self,
+        publish: Publish,
+        origin: u64,
+        now: Instant,
+    ) -> Result<PublishCompletion, Error> {
+        self.publish_inner(publish, Some(origin), now)
+    }
+
+    /// The queue entries (by origin number) that this session holds, unfinished or finished
+    /// but not yet released, in increasing order. A queue owner calls it at start-up, after a
+    /// [`restore`](Session::restore): each queue head whose number is in it must be removed
+    /// from the queue, not sent again.
+    pub fn held_origins(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .outbound
+            .values()
+            .filter_map(|o| o.origin)
+            .chain(self.retired.keys().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Reports that every queue entry numbered below `seq` is durably gone from its queue:
+    /// finished exchanges that came from them delete their store entries and free their
+    /// packet ids now, and later ones do so when they finish.
+    pub fn release_origins_before(&mut self, seq: u64) {
+        if seq <= self.released_before {
+            return;
+        }
+        self.released_before = seq;
+        let keep = self.retired.split_off(&seq);
+        for (_, id) in std::mem::replace(&mut self.retired, keep) {
+            self.ids.free(id);
+            self.actions
+                .push_back(Action::Store(StoreOp::Delete(Key::Outbound(id))));
+        }
+    }
+
+    fn publish_inner(
+        &mut self,
+        mut publish: Publish,
+        origin: Option<u64>,
+        now: Instant,
+    ) -> Result<PublishCompletion, Error> {
+        self.tick(now);
         if publish.topic.is_empty() {
             return Err(Error::InvalidPacket(
                 "a PUBLISH given to the session needs its topic name (aliases are per connection)",
@@ -700,8 +822,12 @@ impl Session {
         {
             return Err(Error::PacketIdsExhausted);
         }
-        let (completer, completion) = Completion::pair();
-        self.waiting.push_back(Waiting { publish, completer });
+        let (completer, completion) = Completion::pair_with_stored();
+        self.waiting.push_back(Waiting {
+            publish,
+            completer,
+            origin,
+        });
         self.pump();
         Ok(completion)
     }
@@ -756,6 +882,7 @@ impl Session {
             let Some(Waiting {
                 mut publish,
                 completer,
+                origin,
             }) = self.waiting.pop_front()
             else {
                 break;
@@ -766,17 +893,13 @@ impl Session {
                 completer.complete(Err(e));
                 continue;
             }
-            let packet = Packet::Publish(publish);
-            let value = match encode(&packet) {
+            let value = match encode_stored(&publish, origin) {
                 Ok(v) => v,
                 Err(e) => {
                     self.ids.free(id);
                     completer.complete(Err(e));
                     continue;
                 }
-            };
-            let Packet::Publish(publish) = packet else {
-                break;
             };
             let kind = EntryKind::Publish;
             self.actions.push_back(Action::Store(StoreOp::Put {
@@ -791,7 +914,7 @@ impl Session {
             } else {
                 OutState::Puback(publish)
             };
-            self.insert_outbound(id, state, Some(completer));
+            self.insert_outbound(id, state, Some(completer), origin);
             if let Some(out) = self.outbound.get_mut(&id) {
                 out.counted = true;
             }
@@ -802,7 +925,12 @@ impl Session {
     /// Sends a SUBSCRIBE with a fresh packet id (the given one is replaced). SUBSCRIBE is not
     /// stored and not resent: if the connection drops first, the completion fails with
     /// [`Error::ConnectionLost`].
-    pub fn subscribe(&mut self, mut subscribe: Subscribe) -> Result<SubscribeCompletion, Error> {
+    pub fn subscribe(
+        &mut self,
+        mut subscribe: Subscribe,
+        now: Instant,
+    ) -> Result<SubscribeCompletion, Error> {
+        self.tick(now);
         let id = self.request_id()?;
         subscribe.packet_id = id;
         let (completer, completion) = Completion::pair();
@@ -816,7 +944,9 @@ impl Session {
     pub fn unsubscribe(
         &mut self,
         mut unsubscribe: Unsubscribe,
+        now: Instant,
     ) -> Result<UnsubscribeCompletion, Error> {
+        self.tick(now);
         let id = self.request_id()?;
         unsubscribe.packet_id = id;
         let (completer, completion) = Completion::pair();
@@ -842,7 +972,8 @@ impl Session {
     /// business). Returns [`Error::Protocol`] when the server broke the protocol in a way the
     /// connection cannot survive; the driver should then disconnect with
     /// [`Error::reason_code`].
-    pub fn handle(&mut self, packet: Packet) -> Result<(), Error> {
+    pub fn handle(&mut self, packet: Packet, now: Instant) -> Result<(), Error> {
+        self.tick(now);
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => self.on_puback(a),
@@ -896,12 +1027,21 @@ impl Session {
     fn finish(&mut self, id: PacketId, outcome: Result<PublishOutcome, Error>) {
         if let Some(out) = self.outbound.remove(&id) {
             self.order.remove(&out.order);
-            self.ids.free(id);
             if out.counted {
                 self.in_flight = self.in_flight.saturating_sub(1);
             }
-            self.actions
-                .push_back(Action::Store(StoreOp::Delete(Key::Outbound(id))));
+            match out.origin {
+                Some(o) if o >= self.released_before => {
+                    // Its queue entry may still be in the queue: keep the store entry (and
+                    // the id) as the record that it was handed over, until it is released.
+                    self.retired.insert(o, id);
+                }
+                _ => {
+                    self.ids.free(id);
+                    self.actions
+                        .push_back(Action::Store(StoreOp::Delete(Key::Outbound(id))));
+                }
+            }
             tracing::trace!(
                 id = id.get(),
                 ok = outcome.is_ok(),
@@ -957,7 +1097,7 @@ impl Session {
                     // PUBLISH, the kind says PUBREL): if the server forgets the session before
                     // PUBCOMP, it may never have released the message, and it must be
                     // republished, even by a restarted process.
-                    let value = encode(&Packet::Publish(p.clone()))?;
+                    let value = encode_stored(&p, out.origin)?;
                     out.state = OutState::Pubcomp(Some(p));
                     self.actions.push_back(Action::Store(StoreOp::Put {
                         key: Key::Outbound(id),
@@ -1072,7 +1212,8 @@ impl Session {
     /// nothing: the server redelivers it; a QoS 1 message is then delivered again, a QoS 2 one
     /// (which the application has had) is answered with PUBREC without being delivered again.
     /// Acking twice does nothing.
-    pub fn ack(&mut self, token: AckToken) -> Result<(), Error> {
+    pub fn ack(&mut self, token: AckToken, now: Instant) -> Result<(), Error> {
+        self.tick(now);
         if !self.acks.mark(token) {
             return Err(Error::StaleAck);
         }
@@ -1104,6 +1245,34 @@ impl Session {
     }
 
     // ----- driver plumbing ------------------------------------------------------------------
+
+    /// Records the time of an input. A clock that goes backwards (two drivers' clocks, or a
+    /// test) never moves it back.
+    fn tick(&mut self, now: Instant) {
+        if self.now.is_none_or(|t| now > t) {
+            self.now = Some(now);
+        }
+    }
+
+    /// The latest time passed to the session, if any.
+    pub fn now(&self) -> Option<Instant> {
+        self.now
+    }
+
+    /// Call when a [`StoreOp::Put`] for `key` has completed successfully. The first one of an
+    /// outgoing exchange resolves its handle's "stored" stage
+    /// ([`PublishCompletion::stored`]) and makes a later store failure report it as
+    /// [`Error::OutcomeUnknown`]. Other keys, and later Puts, change nothing.
+    pub fn on_stored(&mut self, key: Key) {
+        if let Key::Outbound(id) = key {
+            if let Some(out) = self.outbound.get_mut(&id) {
+                out.stored = true;
+                if let Some(c) = out.completer.as_mut() {
+                    c.stored();
+                }
+            }
+        }
+    }
 
     /// The next thing for the driver to do, in order. Call until it returns `None` after
     /// every method call.
@@ -1162,6 +1331,7 @@ impl Session {
         }
         self.ids.clear();
         self.order.clear();
+        self.retired.clear();
         self.resend.clear();
         self.inbound.clear();
         self.actions.clear();
