@@ -12,7 +12,7 @@ use std::time::Duration;
 ///
 /// Errors are `Clone` (an I/O error is kept as its kind and message) and never carry a
 /// password or a private key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     // ---- configuration ----
@@ -125,9 +125,61 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+
+    // ---- the connection manager ----
+    /// The connection (`paho`) failed or refused: a refusing CONNACK
+    /// ([`paho::Error::ConnectionRefused`], see [`Error::reason_code`]), a server
+    /// DISCONNECT, a protocol violation, a keepalive timeout, or the error of a publish or
+    /// subscribe. [`Error::is_outcome_unknown`] tells a publish that must not be retried.
+    #[error(transparent)]
+    Client(paho::Error),
+    /// The outgoing queue failed.
+    #[error("outgoing queue: {0}")]
+    Queue(std::sync::Arc<paho_queue::Error>),
+    /// The operation needs a connection, and none is up (`publish` fails fast; use
+    /// `publish_via_queue` to have the message wait).
+    #[error("not connected")]
+    NotConnected,
+    /// The manager has stopped (after `disconnect`, when its last handle was dropped, or on
+    /// a fatal store or queue failure: see `done`).
+    #[error("the connection manager has stopped")]
+    Stopped,
+}
+
+impl From<paho::Error> for Error {
+    fn from(e: paho::Error) -> Self {
+        Error::Client(e)
+    }
+}
+
+impl From<paho_queue::Error> for Error {
+    fn from(e: paho_queue::Error) -> Self {
+        Error::Queue(std::sync::Arc::new(e))
+    }
 }
 
 impl Error {
+    /// The MQTT reason code this error carries, if any (a refusing CONNACK's, a server
+    /// DISCONNECT's, ...).
+    pub fn reason_code(&self) -> Option<u8> {
+        match self {
+            Error::Client(e) => e.reason_code(),
+            _ => None,
+        }
+    }
+
+    /// Whether the publish this error answers may still have taken effect (the message is
+    /// or may be in the session store, and is resent when the session is reopened):
+    /// publishing it again would duplicate it. Every other error of a publish means "not
+    /// done".
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            Error::Client(e) => e.is_outcome_unknown(),
+            Error::Queue(e) => e.is_outcome_unknown(),
+            _ => false,
+        }
+    }
+
     /// True for a configuration error: retrying the same configuration gives the same error.
     pub fn is_config(&self) -> bool {
         matches!(

@@ -86,8 +86,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod backoff;
+mod config;
 mod connector;
 mod error;
+mod events;
+mod handle;
+mod manager;
 mod server;
 mod tls;
 #[cfg(feature = "websocket")]
@@ -100,7 +104,10 @@ pub use connector::{
     BoxTransport, Connect, ConnectFuture, Connector, ConnectorBuilder, FnConnector, Transport,
     DEFAULT_CONNECT_TIMEOUT,
 };
+pub use config::{ManagerConfig, ManagerConfigBuilder, DEFAULT_BACKOFF_RESET_AFTER};
 pub use error::{CertificateProblem, Error};
+pub use events::{ConnectionState, Event};
+pub use handle::{ConnectionManager, HandlerId, QueuedPublish, Stats};
 pub use server::{Scheme, ServerUrl, Servers, DEFAULT_WS_PATH};
 pub use tls::{TlsOptions, TlsOptionsBuilder};
 #[cfg(feature = "websocket")]
