@@ -146,6 +146,17 @@ pub enum Error {
     Stopped,
 }
 
+/// Two errors are equal when they are the same variant with the same message (the
+/// connection's and the queue's errors are not comparable themselves).
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Error {}
+
 impl From<paho::Error> for Error {
     fn from(e: paho::Error) -> Self {
         Error::Client(e)

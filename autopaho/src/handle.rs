@@ -328,7 +328,10 @@ impl ConnectionManager {
     /// Dropping the future while the queue waits for room enqueues nothing; once the entry
     /// was handed to the queue, dropping it does not withdraw the message.
     pub async fn publish_via_queue(&self, mut publish: Publish) -> Result<QueuedPublish, Error> {
-        publish.packet_id = None;
+        // A placeholder the session replaces when the message leaves the queue (packet ids are
+        // per connection; the queue is not limited to 65,535 of them).
+        publish.packet_id =
+            (publish.qos != paho::packets::QoS::AtMostOnce).then_some(paho::packets::PacketId::MIN);
         publish.dup = false;
         publish.properties.topic_alias = None;
         if publish.topic.is_empty() {
@@ -386,10 +389,7 @@ impl ConnectionManager {
         }
         loop {
             let c = self.await_connection().await?;
-            match c
-                .subscribe(subscriptions.clone(), properties.clone())
-                .await
-            {
+            match c.subscribe(subscriptions.clone(), properties.clone()).await {
                 Ok(ack) => {
                     if let Ok(mut s) = self.shared.subscriptions.lock() {
                         s.refused(&subscriptions, &ack);
@@ -430,7 +430,10 @@ impl ConnectionManager {
     /// [`start_publish`](ConnectionManager::start_publish) or
     /// [`publish_via_queue`](ConnectionManager::publish_via_queue) in a spawned task, never by
     /// blocking.
-    pub fn add_on_publish_received(&self, f: impl Fn(&Message) + Send + Sync + 'static) -> HandlerId {
+    pub fn add_on_publish_received(
+        &self,
+        f: impl Fn(&Message) + Send + Sync + 'static,
+    ) -> HandlerId {
         let id = self.shared.next_handler.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut h) = self.shared.handlers.lock() {
             h.push((id, Arc::new(f)));

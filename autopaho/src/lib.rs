@@ -100,11 +100,11 @@ mod ws;
 pub use backoff::{
     Backoff, ExponentialBuilder, DEFAULT_FACTOR, DEFAULT_INITIAL, DEFAULT_JITTER, DEFAULT_MAX,
 };
+pub use config::{ManagerConfig, ManagerConfigBuilder, DEFAULT_BACKOFF_RESET_AFTER};
 pub use connector::{
     BoxTransport, Connect, ConnectFuture, Connector, ConnectorBuilder, FnConnector, Transport,
     DEFAULT_CONNECT_TIMEOUT,
 };
-pub use config::{ManagerConfig, ManagerConfigBuilder, DEFAULT_BACKOFF_RESET_AFTER};
 pub use error::{CertificateProblem, Error};
 pub use events::{ConnectionState, Event};
 pub use handle::{ConnectionManager, HandlerId, QueuedPublish, Stats};

@@ -359,7 +359,10 @@ async fn pump<Q: Queue>(shared: &Shared, client: &Client, queue: &Q) -> Error {
             return e.into();
         }
         client.release_origins_before(seq + 1);
-        shared.counters.sent_from_queue.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .sent_from_queue
+            .fetch_add(1, Ordering::Relaxed);
         shared.handed_over(seq, handle);
     }
 }
@@ -368,7 +371,9 @@ fn is_store_failure(e: &paho::Error) -> bool {
     use paho::session::Error as S;
     matches!(
         e,
-        paho::Error::Session(S::StoreFailed | S::Io { .. } | S::StoreClosed | S::OutcomeUnknown { .. })
+        paho::Error::Session(
+            S::StoreFailed | S::Io { .. } | S::StoreClosed | S::OutcomeUnknown { .. }
+        )
     )
 }
 
