@@ -99,7 +99,6 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
     queue: Arc<Q>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    settle_handoff(&session, &*queue).await?;
     let mut backoff = config.backoff.clone();
     let mut options = config.connect.clone();
     let mut first = true;
@@ -107,6 +106,10 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
         if *stop.borrow() {
             return Ok(());
         }
+        // Before every connection, while no connection holds the session: a link that closed
+        // while the pump waited for a message to be stored may have stored it anyway (the
+        // closing connection finishes its store operations), and the queue still has it.
+        settle_handoff(&session, &*queue).await?;
         shared.state.send_replace(ConnectionState::Connecting);
         let mut up = None;
         for server in config.servers.iter() {
@@ -261,9 +264,10 @@ async fn dispatch(shared: &Shared, mut incoming: paho::Incoming) {
     }
 }
 
-/// Before the first connection: every queue head that the session already holds (a process
-/// killed after handing it to the session, before removing it from the queue) is removed,
-/// not sent again; then the session may let go of the records of finished ones.
+/// Before each connection: every queue head that the session already holds (a process killed
+/// after handing it to the session, before removing it from the queue; or a link that closed
+/// in between) is removed, not sent again; then the session may let go of the records of
+/// finished ones.
 async fn settle_handoff<S: Store, Q: Queue>(
     session: &SessionHandle<S>,
     queue: &Q,
