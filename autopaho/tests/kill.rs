@@ -8,7 +8,7 @@
 //! `child_publisher`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -182,7 +182,10 @@ async fn sigkilled_publishers_lose_nothing_and_never_duplicate_qos2() {
         let tcp = server.connect_tcp().await.unwrap();
         let (sub, mut inbox) = Client::connect(
             tcp,
-            ConnectOptions::builder().client_id("watcher").build().unwrap(),
+            ConnectOptions::builder()
+                .client_id("watcher")
+                .build()
+                .unwrap(),
             SessionHandle::in_memory(SessionConfig::new()),
         )
         .await
@@ -207,12 +210,17 @@ async fn sigkilled_publishers_lose_nothing_and_never_duplicate_qos2() {
         // QoS 2 message may arrive twice.
         const END1: u32 = 1200;
         let mut reported = Vec::new();
+        // The message whose enqueue a kill interrupted may be durable in the queue without its
+        // caller having heard, and the next run (which starts after the last reported one, as
+        // an application would) publishes it again. Only those may come twice.
+        let mut republished_by_the_app = HashSet::new();
         let mut next = 0;
         for k in [40, 170, 5, 260, 90] {
             let r = run((next, END1), Some(k)).await.unwrap();
             assert!(!r.done);
             // Only what was reported counts as accepted; the next run starts after it.
             next = r.reported.last().map_or(next, |l| l + 1);
+            republished_by_the_app.insert(next);
             reported.extend(r.reported);
         }
         let r = run((next, END1), None).await.unwrap();
@@ -222,30 +230,38 @@ async fn sigkilled_publishers_lose_nothing_and_never_duplicate_qos2() {
         settle().await;
         {
             let got = got.lock().unwrap();
-            let lost: Vec<u32> = reported.iter().copied().filter(|i| !got.contains_key(i)).collect();
-            assert!(lost.is_empty(), "lost {} of {}: {lost:?}", lost.len(), reported.len());
+            let lost: Vec<u32> = reported
+                .iter()
+                .copied()
+                .filter(|i| !got.contains_key(i))
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "lost {} of {}: {lost:?}",
+                lost.len(),
+                reported.len()
+            );
             let dup2: Vec<u32> = got
                 .iter()
-                .filter(|(i, n)| qos_of(**i) == QoS::ExactlyOnce && **n > 1)
+                .filter(|(i, n)| {
+                    qos_of(**i) == QoS::ExactlyOnce
+                        && **n > 1
+                        && !republished_by_the_app.contains(*i)
+                })
                 .map(|(i, _)| *i)
                 .collect();
-            if !dup2.is_empty() {
-                for p in server.received_from("killed-publisher") {
-                    match &p {
-                        paho::packets::Packet::Publish(pb)
-                            if dup2.iter().any(|d| pb.payload == Bytes::from(d.to_string())) =>
-                        {
-                            eprintln!("  publish {:?} dup={} id={:?}", pb.payload, pb.dup, pb.packet_id)
-                        }
-                        paho::packets::Packet::Connect(_) => eprintln!("  CONNECT"),
-                        _ => {}
-                    }
-                }
-            }
             assert!(dup2.is_empty(), "QoS 2 messages received twice: {dup2:?}");
-            let dup1 = got.iter().filter(|(_, n)| **n > 1).count();
+            let by_app = republished_by_the_app
+                .iter()
+                .filter(|i| got.get(i).is_some_and(|n| *n > 1))
+                .count();
+            let dup1 = got
+                .iter()
+                .filter(|(i, n)| qos_of(**i) == QoS::AtLeastOnce && **n > 1)
+                .count();
             eprintln!(
-                "kill test, 5 kills: {} reported, {} received, QoS 1 duplicates {dup1}, QoS 2 duplicates 0",
+                "kill test, 5 kills: {} reported, {} received, QoS 1 duplicates {dup1}, QoS 2 \
+                 duplicates 0 (and {by_app} enqueued twice by the restarted application)",
                 reported.len(),
                 got.len()
             );
@@ -269,7 +285,11 @@ async fn sigkilled_publishers_lose_nothing_and_never_duplicate_qos2() {
         sub.disconnect_normally().await.unwrap();
         collector.await.unwrap();
         let got = got.lock().unwrap();
-        let lost: Vec<u32> = reported2.iter().copied().filter(|i| !got.contains_key(i)).collect();
+        let lost: Vec<u32> = reported2
+            .iter()
+            .copied()
+            .filter(|i| !got.contains_key(i))
+            .collect();
         assert!(lost.is_empty(), "lost after Session Present = 0: {lost:?}");
         let dup2 = reported2
             .iter()
