@@ -4,7 +4,7 @@
 //! A raw tungstenite server tests the adapter's edge cases (partial reads, pings, close,
 //! text).
 #![cfg(feature = "websocket")]
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
 mod common;
 

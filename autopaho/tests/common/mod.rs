@@ -2,6 +2,8 @@
 //! front of `paho_testserver::TestServer`, a WebSocket bridge to any TCP MQTT broker, a paho
 //! round trip, a tracing warning counter and a hang guard.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// The WebSocket accept callback returns tungstenite's `Result<Response, ErrorResponse>`.
+#![allow(clippy::result_large_err)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -327,7 +329,7 @@ where
                 Ok(n) => n,
             };
             for chunk in buf[..n].chunks(config.frame) {
-                if sent % 8 == 0
+                if sent.is_multiple_of(8)
                     && ws_tx
                         .send(Message::Ping(Bytes::from_static(b"hi")))
                         .await
