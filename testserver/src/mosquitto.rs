@@ -14,6 +14,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A TLS listener instead of plain TCP: [`MosquittoBuilder::tls`] with a [`TlsListener`]
+//! (the CA, the server certificate and key in PEM, optionally requiring client
+//! certificates). The harness writes the files into its temporary directory.
+//!
 //! The team rule for tests that need mosquitto: when it is not installed, print a notice and
 //! skip, unless `PAHO_REQUIRE_MOSQUITTO=1` is set, in which case fail. [`require`] and
 //! [`start_or_skip`] implement it. Nothing listens beyond `127.0.0.1`.
@@ -110,12 +114,59 @@ pub struct MosquittoBuilder {
     lines: Vec<String>,
     persistence: bool,
     log_all: bool,
+    tls: Option<TlsListener>,
+}
+
+/// A TLS listener: mosquitto's `cafile`, `certfile`, `keyfile` and `require_certificate`
+/// options, given as PEM texts (the harness writes them into its temporary directory).
+#[derive(Clone)]
+pub struct TlsListener {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    require_certificate: bool,
+}
+
+impl std::fmt::Debug for TlsListener {
+    /// Leaves out the PEM texts (the key is a secret, even a test's).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("require_certificate", &self.require_certificate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsListener {
+    /// A TLS listener with this server certificate chain and key (PEM); `ca_pem` is the CA
+    /// that client certificates must be signed by (mosquitto wants a `cafile` even when it
+    /// does not ask for client certificates). Client certificates are not required unless
+    /// [`TlsListener::require_certificate`] is set.
+    pub fn new(
+        ca_pem: impl Into<String>,
+        cert_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        TlsListener {
+            ca_pem: ca_pem.into(),
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            require_certificate: false,
+        }
+    }
+
+    /// Requires a client certificate signed by the CA (mutual TLS).
+    pub fn require_certificate(mut self, on: bool) -> Self {
+        self.require_certificate = on;
+        self
+    }
 }
 
 /// Config options a test may not set: where mosquitto listens is the harness's business, so
 /// that nothing ever listens beyond `127.0.0.1` (`include_dir` could pull in config files
 /// with listeners of their own, e.g. Debian's `/etc/mosquitto/conf.d`).
-const RESERVED: [&str; 7] = [
+/// The listener's TLS options are set through [`MosquittoBuilder::tls`]: mosquitto reads
+/// them only after the `listener` line.
+const RESERVED: [&str; 13] = [
     "listener",
     "port",
     "bind_address",
@@ -123,6 +174,12 @@ const RESERVED: [&str; 7] = [
     "socket_domain",
     "user",
     "include_dir",
+    "cafile",
+    "capath",
+    "certfile",
+    "keyfile",
+    "require_certificate",
+    "protocol",
 ];
 
 impl MosquittoBuilder {
@@ -140,6 +197,7 @@ impl MosquittoBuilder {
             lines: Vec::new(),
             persistence: false,
             log_all: false,
+            tls: None,
         }
     }
 
@@ -166,6 +224,12 @@ impl MosquittoBuilder {
         self
     }
 
+    /// Makes the listener a TLS listener (still on `127.0.0.1` only); see [`TlsListener`].
+    pub fn tls(mut self, tls: TlsListener) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Picks a free loopback port, writes the config, spawns mosquitto and waits until it
     /// accepts connections. Retries with another port if one was taken in between.
     pub async fn start(self) -> Result<Mosquitto, Error> {
@@ -178,7 +242,8 @@ impl MosquittoBuilder {
             let option = line.split_whitespace().next().unwrap_or("");
             if RESERVED.contains(&option) {
                 return Err(Error::Config(
-                    "the harness sets listener, port, bind options, user and includes itself",
+                    "the harness sets listener, port, bind options, user and includes itself \
+                     (and the listener's TLS options: use MosquittoBuilder::tls)",
                 ));
             }
         }
@@ -190,6 +255,7 @@ impl MosquittoBuilder {
             lines: self.lines.clone(),
             persistence: self.persistence,
             log_all: self.log_all,
+            tls: self.tls.clone(),
             port: 0,
             child: None,
             dir,
@@ -217,6 +283,7 @@ pub struct Mosquitto {
     lines: Vec<String>,
     persistence: bool,
     log_all: bool,
+    tls: Option<TlsListener>,
     port: u16,
     child: Option<Child>,
     dir: TempDir,
@@ -376,6 +443,22 @@ impl Mosquitto {
             conf.push('\n');
         }
         conf.push_str(&format!("listener {} 127.0.0.1\n", self.port));
+        // Per-listener options come after their `listener` line.
+        if let Some(tls) = &self.tls {
+            let files = [
+                ("cafile", "tls-ca.pem", &tls.ca_pem),
+                ("certfile", "tls-server.pem", &tls.cert_pem),
+                ("keyfile", "tls-server.key", &tls.key_pem),
+            ];
+            for (option, name, pem) in files {
+                let path = dir.join(name);
+                fs::write(&path, pem)?;
+                conf.push_str(&format!("{option} {}\n", path.display()));
+            }
+            if tls.require_certificate {
+                conf.push_str("require_certificate true\n");
+            }
+        }
         let path = dir.join("mosquitto.conf");
         fs::write(&path, conf)?;
         Ok(path)

@@ -1,0 +1,145 @@
+//! [`ManagerConfig`]: what the connection manager needs, validated when it is built.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paho::ConnectOptions;
+
+use crate::{Backoff, Connect, Connector, Error, Servers};
+
+/// How long a connection must stay up before the backoff starts again from its first delay.
+/// A broker that accepts and then kicks the client at once therefore meets growing delays,
+/// never a tight loop.
+pub const DEFAULT_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// The connection manager's configuration. Built by [`ManagerConfig::builder`].
+#[derive(Clone)]
+pub struct ManagerConfig {
+    pub(crate) servers: Servers,
+    pub(crate) connector: Arc<dyn Connect>,
+    pub(crate) connect: ConnectOptions,
+    pub(crate) backoff: Backoff,
+    pub(crate) reset_backoff_after: Duration,
+    pub(crate) resubscribe: bool,
+}
+
+impl fmt::Debug for ManagerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerConfig")
+            .field("servers", &self.servers)
+            .field("connect", &self.connect)
+            .field("backoff", &self.backoff)
+            .field("reset_backoff_after", &self.reset_backoff_after)
+            .field("resubscribe", &self.resubscribe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagerConfig {
+    /// A builder for `servers` (tried in order in every round), with the defaults: the
+    /// default [`Connector`] (TCP, TLS with the public roots, WebSocket), the default
+    /// [`ConnectOptions`] (Clean Start on the first connection only: later ones resume the
+    /// session), the default [`Backoff`] (1 s doubling to 60 s, ±25 %), reset after
+    /// [`DEFAULT_BACKOFF_RESET_AFTER`] up, and resubscription when the server has forgotten
+    /// the session.
+    pub fn builder(servers: Servers) -> ManagerConfigBuilder {
+        ManagerConfigBuilder {
+            servers,
+            connector: None,
+            connect: None,
+            backoff: Backoff::default(),
+            reset_backoff_after: DEFAULT_BACKOFF_RESET_AFTER,
+            resubscribe: true,
+        }
+    }
+
+    /// The servers, in the order they are tried.
+    pub fn servers(&self) -> &Servers {
+        &self.servers
+    }
+}
+
+/// Builds a [`ManagerConfig`].
+pub struct ManagerConfigBuilder {
+    servers: Servers,
+    connector: Option<Arc<dyn Connect>>,
+    connect: Option<ConnectOptions>,
+    backoff: Backoff,
+    reset_backoff_after: Duration,
+    resubscribe: bool,
+}
+
+impl fmt::Debug for ManagerConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerConfigBuilder")
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagerConfigBuilder {
+    /// How to reach a server: the default [`Connector`] with your TLS options or headers, a
+    /// [`FnConnector`](crate::FnConnector) for a transport of your own, or a test double.
+    pub fn connector(mut self, connector: impl Connect + 'static) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// What goes into CONNECT (client id, keepalive, credentials, will, enhanced
+    /// authentication, Receive Maximum, manual acks, ...). Its Clean Start flag is used on
+    /// the first connection only; every later one resumes the session (Clean Start 0), and a
+    /// client id the server assigned is kept for them. The Session Expiry Interval belongs
+    /// to the session ([`SessionConfig`](paho::session::SessionConfig)).
+    pub fn connect_options(mut self, options: ConnectOptions) -> Self {
+        self.connect = Some(options);
+        self
+    }
+
+    /// The delay policy between attempts: applied after a failed round over the servers,
+    /// after a refusing CONNACK, and after the server or the network closes a connection.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long a connection must stay up for the backoff to start again from its first
+    /// delay (must be more than zero).
+    pub fn reset_backoff_after(mut self, after: Duration) -> Self {
+        self.reset_backoff_after = after;
+        self
+    }
+
+    /// Whether subscriptions made through the manager are made again when a CONNACK says
+    /// the server has forgotten the session (default: yes). They are made before queued
+    /// messages flow.
+    pub fn resubscribe(mut self, on: bool) -> Self {
+        self.resubscribe = on;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<ManagerConfig, Error> {
+        if self.reset_backoff_after.is_zero() {
+            return Err(Error::InvalidBackoff(
+                "reset_backoff_after must be more than zero",
+            ));
+        }
+        let connector = match self.connector {
+            Some(c) => c,
+            None => Arc::new(Connector::builder().build()?),
+        };
+        let connect = match self.connect {
+            Some(c) => c,
+            None => ConnectOptions::builder().build().map_err(Error::Client)?,
+        };
+        Ok(ManagerConfig {
+            servers: self.servers,
+            connector,
+            connect,
+            backoff: self.backoff,
+            reset_backoff_after: self.reset_backoff_after,
+            resubscribe: self.resubscribe,
+        })
+    }
+}
