@@ -4,9 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paho::packets::{Disconnect, DisconnectReasonCode};
 use paho::ConnectOptions;
 
-use crate::{Backoff, Connect, Connector, Error, Servers};
+use crate::{Backoff, Connect, Connector, Error, ServerUrl, Servers};
+
+/// See [`ManagerConfigBuilder::on_connect`].
+pub(crate) type ConnectHook =
+    Arc<dyn Fn(&ServerUrl, ConnectOptions) -> Option<ConnectOptions> + Send + Sync>;
+/// See [`ManagerConfigBuilder::on_disconnect`].
+pub(crate) type DisconnectHook = Arc<dyn Fn() -> Disconnect + Send + Sync>;
 
 /// How long a connection must stay up before the backoff starts again from its first delay.
 /// A broker that accepts and then kicks the client at once therefore meets growing delays,
@@ -22,6 +29,8 @@ pub struct ManagerConfig {
     pub(crate) backoff: Backoff,
     pub(crate) reset_backoff_after: Duration,
     pub(crate) resubscribe: bool,
+    pub(crate) on_connect: Option<ConnectHook>,
+    pub(crate) on_disconnect: DisconnectHook,
 }
 
 impl fmt::Debug for ManagerConfig {
@@ -51,6 +60,8 @@ impl ManagerConfig {
             backoff: Backoff::default(),
             reset_backoff_after: DEFAULT_BACKOFF_RESET_AFTER,
             resubscribe: true,
+            on_connect: None,
+            on_disconnect: None,
         }
     }
 
@@ -68,6 +79,8 @@ pub struct ManagerConfigBuilder {
     backoff: Backoff,
     reset_backoff_after: Duration,
     resubscribe: bool,
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
 }
 
 impl fmt::Debug for ManagerConfigBuilder {
@@ -118,6 +131,26 @@ impl ManagerConfigBuilder {
         self
     }
 
+    /// A hook called before every connection attempt with the server and the CONNECT
+    /// options about to be sent (Clean Start and client id already adjusted for the
+    /// attempt): it returns the options to send (for example with a fresh token as the
+    /// password), or `None` to skip this server for this attempt.
+    pub fn on_connect(
+        mut self,
+        f: impl Fn(&ServerUrl, ConnectOptions) -> Option<ConnectOptions> + Send + Sync + 'static,
+    ) -> Self {
+        self.on_connect = Some(Arc::new(f));
+        self
+    }
+
+    /// The DISCONNECT that [`disconnect`](crate::ConnectionManager::disconnect) sends
+    /// (default: reason 0x00, normal disconnection, so the server discards the will). For
+    /// example 0x04 (disconnect with will message), or a Session Expiry Interval.
+    pub fn on_disconnect(mut self, f: impl Fn() -> Disconnect + Send + Sync + 'static) -> Self {
+        self.on_disconnect = Some(Arc::new(f));
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<ManagerConfig, Error> {
         if self.reset_backoff_after.is_zero() {
@@ -140,6 +173,10 @@ impl ManagerConfigBuilder {
             backoff: self.backoff,
             reset_backoff_after: self.reset_backoff_after,
             resubscribe: self.resubscribe,
+            on_connect: self.on_connect,
+            on_disconnect: self.on_disconnect.unwrap_or_else(|| {
+                Arc::new(|| Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+            }),
         })
     }
 }

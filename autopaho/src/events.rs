@@ -69,6 +69,12 @@ pub enum Event {
         /// The queue entry's number.
         seq: u64,
     },
+    /// The queue was full and its `DropOldest` policy dropped these entries (oldest first)
+    /// to make room for a new one.
+    QueueOverflow {
+        /// The dropped entries' numbers.
+        dropped: Vec<u64>,
+    },
     /// A queued message could never be sent (it does not decode, or the server refuses it
     /// for good: too large, QoS or retain not supported); it was moved to the queue's
     /// quarantine.

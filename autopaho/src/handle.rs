@@ -19,7 +19,9 @@ use crate::events::{ConnectionState, Event};
 use crate::manager::{self, Subscriptions};
 use crate::{Error, ManagerConfig};
 
-type EnqueueFuture = Pin<Box<dyn Future<Output = Result<u64, paho_queue::Error>> + Send>>;
+/// The entry's number, and the numbers of the entries the overflow policy dropped for it.
+type EnqueueFuture =
+    Pin<Box<dyn Future<Output = Result<(u64, Vec<u64>), paho_queue::Error>> + Send>>;
 pub(crate) type Enqueue = Box<dyn Fn(Bytes, SystemTime) -> EnqueueFuture + Send + Sync>;
 type Handler = Arc<dyn Fn(&Message) + Send + Sync>;
 
@@ -56,6 +58,7 @@ pub(crate) struct Counters {
     pub(crate) connects: AtomicU64,
     pub(crate) sent_from_queue: AtomicU64,
     pub(crate) expired: AtomicU64,
+    pub(crate) overflowed: AtomicU64,
     pub(crate) received: AtomicU64,
 }
 
@@ -115,6 +118,12 @@ impl Drop for Owner {
     }
 }
 
+impl fmt::Debug for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Owner").finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for ConnectionManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionManager")
@@ -141,6 +150,8 @@ pub struct Stats {
     pub sent_from_queue: u64,
     /// Queue entries dropped because their Message Expiry Interval passed while they waited.
     pub expired: u64,
+    /// Queue entries dropped by the queue's `DropOldest` overflow policy.
+    pub overflowed: u64,
     /// Messages received and passed to the handlers.
     pub received: u64,
 }
@@ -178,6 +189,25 @@ impl QueuedPublish {
     }
 }
 
+/// A handle that does not keep the manager running ([`ConnectionManager::downgrade`]): what a
+/// message handler should hold, since the manager holds its handlers (a handler holding a
+/// [`ConnectionManager`] would keep it from stopping when the application drops its own).
+#[derive(Clone, Debug)]
+pub struct WeakConnectionManager {
+    shared: std::sync::Weak<Shared>,
+    owner: std::sync::Weak<Owner>,
+}
+
+impl WeakConnectionManager {
+    /// The manager, if any strong handle still exists.
+    pub fn upgrade(&self) -> Option<ConnectionManager> {
+        Some(ConnectionManager {
+            shared: self.shared.upgrade()?,
+            _owner: self.owner.upgrade()?,
+        })
+    }
+}
+
 /// Removes the message handler it was returned for ([`ConnectionManager::add_on_publish_received`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HandlerId(u64);
@@ -200,7 +230,11 @@ impl ConnectionManager {
         let q = Arc::clone(&queue);
         let enqueue: Enqueue = Box::new(move |payload, at| {
             let q = Arc::clone(&q);
-            Box::pin(async move { q.enqueue(payload, at).await.map(|e| e.seq()) })
+            Box::pin(async move {
+                q.enqueue(payload, at)
+                    .await
+                    .map(|e| (e.seq(), e.dropped().iter().map(|d| d.seq()).collect()))
+            })
         });
         let qd = Arc::clone(&queue);
         let (stop, stop_rx) = watch::channel(false);
@@ -240,6 +274,28 @@ impl ConnectionManager {
             SessionHandle::<MemoryStore>::in_memory(session),
             Arc::new(MemoryQueue::new(paho_queue::Limits::unbounded())),
         )
+    }
+
+    /// A handle that does not keep the manager running: for message handlers (see
+    /// [`WeakConnectionManager`]).
+    pub fn downgrade(&self) -> WeakConnectionManager {
+        WeakConnectionManager {
+            shared: Arc::downgrade(&self.shared),
+            owner: Arc::downgrade(&self._owner),
+        }
+    }
+
+    /// Re-authenticates on the current connection with the connect options'
+    /// [`Authenticator`](paho::Authenticator) (AUTH 0x19). Fails fast with
+    /// [`Error::NotConnected`] when no connection is up; later connections authenticate
+    /// afresh in their CONNECT anyway.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`paho::Client::reauthenticate`].
+    pub async fn reauthenticate(&self) -> Result<(), Error> {
+        let c = self.current().ok_or(Error::NotConnected)?;
+        Ok(c.reauthenticate().await?)
     }
 
     /// The events since this call (see [`Event`]).
@@ -351,7 +407,14 @@ impl ConnectionManager {
         let mut h = self.shared.handoff.lock().map_err(|_| Error::Stopped)?;
         h.enqueuing -= 1;
         let result = match r {
-            Ok(seq) => {
+            Ok((seq, dropped)) => {
+                if !dropped.is_empty() {
+                    self.shared
+                        .counters
+                        .overflowed
+                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                    self.shared.emit(Event::QueueOverflow { dropped });
+                }
                 match h.unclaimed.remove(&seq) {
                     Some(handle) => {
                         let _ = tx.send(handle);
@@ -465,6 +528,7 @@ impl ConnectionManager {
             queue_bytes,
             sent_from_queue: c.sent_from_queue.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
+            overflowed: c.overflowed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
         }
     }

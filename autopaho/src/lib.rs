@@ -107,7 +107,7 @@ pub use connector::{
 };
 pub use error::{CertificateProblem, Error};
 pub use events::{ConnectionState, Event};
-pub use handle::{ConnectionManager, HandlerId, QueuedPublish, Stats};
+pub use handle::{ConnectionManager, HandlerId, QueuedPublish, Stats, WeakConnectionManager};
 pub use server::{Scheme, ServerUrl, Servers, DEFAULT_WS_PATH};
 pub use tls::{TlsOptions, TlsOptionsBuilder};
 #[cfg(feature = "websocket")]

@@ -122,6 +122,16 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
             } else {
                 options.with_clean_start(false)
             };
+            let opts = match &config.on_connect {
+                Some(hook) => match hook(server, opts) {
+                    Some(o) => o,
+                    None => {
+                        tracing::debug!(%server, "connect hook skipped the server");
+                        continue;
+                    }
+                },
+                None => opts,
+            };
             let attempt = async {
                 let transport = config.connector.connect(server).await?;
                 Ok::<_, Error>(Client::connect(transport, opts, session.clone()).await?)
@@ -183,12 +193,12 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
         shared.client.send_replace(None);
         match end {
             End::Stop => {
-                let _ = client.disconnect_normally().await;
+                let _ = client.disconnect((config.on_disconnect)()).await;
                 shared.emit(Event::Disconnected { error: None });
                 return Ok(());
             }
             End::Fatal(e) => {
-                let _ = client.disconnect_normally().await;
+                let _ = client.disconnect((config.on_disconnect)()).await;
                 shared.emit(Event::Disconnected {
                     error: Some(e.clone()),
                 });

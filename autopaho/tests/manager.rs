@@ -497,3 +497,118 @@ async fn disconnect_stops_everything_and_done_reports_it() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_connect_hook_sees_each_attempt_and_may_skip_a_server_and_the_disconnect_hook_says_how_to_leave(
+) {
+    within(async {
+        let net = Net::new(TestServer::start().await.unwrap()).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&seen);
+        let cfg = config(&net, &["mqtt://skipped", "mqtt://good"], "hooks")
+            .on_connect(move |url, opts| {
+                s2.lock().unwrap().push(url.host().to_owned());
+                if url.host() == "skipped" {
+                    return None;
+                }
+                // A fresh credential for every attempt.
+                Some(
+                    ConnectOptions::builder()
+                        .client_id(opts.client_id())
+                        .username("svc")
+                        .password("token-1")
+                        .build()
+                        .unwrap(),
+                )
+            })
+            .on_disconnect(|| {
+                paho::packets::Disconnect::new(
+                    paho::packets::DisconnectReasonCode::DisconnectWithWillMessage,
+                )
+            })
+            .build()
+            .unwrap();
+        let mgr = ConnectionManager::start(cfg, session(0), queue());
+        let _ = mgr.await_connection().await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["skipped", "good"]);
+        let hosts: Vec<String> = net.attempts().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(hosts, vec!["good"], "a skipped server is not dialled");
+        let connect = net
+            .server
+            .received()
+            .into_iter()
+            .find_map(|p| match p {
+                Packet::Connect(c) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(connect.password.as_deref(), Some(&b"token-1"[..]));
+        mgr.disconnect().await.unwrap();
+        let reason = net.server.received().into_iter().find_map(|p| match p {
+            Packet::Disconnect(d) => Some(d.reason_code.as_u8()),
+            _ => None,
+        });
+        assert_eq!(reason, Some(0x04));
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_that_drops_the_oldest_says_so() {
+    within(async {
+        let net = Net::new(TestServer::start().await.unwrap()).await;
+        net.down.store(true, Ordering::SeqCst);
+        let limits = paho_queue::Limits::builder()
+            .max_entries(3)
+            .overflow(paho_queue::Overflow::DropOldest)
+            .build()
+            .unwrap();
+        let q = Arc::new(MemoryQueue::new(limits));
+        let cfg = config(&net, &["mqtt://only"], "full").build().unwrap();
+        let mgr = ConnectionManager::start(cfg, session(0), q);
+        let mut events = mgr.events();
+        let mut seqs = Vec::new();
+        for i in 0..5u32 {
+            seqs.push(
+                mgr.publish_via_queue(msg("f", QoS::AtLeastOnce, i.to_string()))
+                    .await
+                    .unwrap()
+                    .seq(),
+            );
+        }
+        let mut dropped = Vec::new();
+        while dropped.len() < 2 {
+            if let Event::QueueOverflow { dropped: d } = events.recv().await.unwrap() {
+                dropped.extend(d);
+            }
+        }
+        assert_eq!(dropped, seqs[..2].to_vec());
+        assert_eq!(mgr.stats().overflowed, 2);
+        assert_eq!(mgr.stats().queue_len, 3);
+        net.down.store(false, Ordering::SeqCst);
+        let _ = mgr.await_connection().await.unwrap();
+        mgr.disconnect().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_holding_a_weak_handle_does_not_keep_the_manager_alive() {
+    within(async {
+        let net = Net::new(TestServer::start().await.unwrap()).await;
+        let cfg = config(&net, &["mqtt://only"], "weak").build().unwrap();
+        let mgr = ConnectionManager::start(cfg, session(0), queue());
+        let weak = mgr.downgrade();
+        mgr.add_on_publish_received(move |m| {
+            if let Some(mgr) = weak.upgrade() {
+                let _ = mgr.start_publish(msg("echo", QoS::AtMostOnce, m.payload().clone()));
+            }
+        });
+        let _ = mgr.await_connection().await.unwrap();
+        let probe = mgr.downgrade();
+        drop(mgr);
+        net.server.wait_connection_count(0).await;
+        assert!(probe.upgrade().is_none());
+    })
+    .await
+}
