@@ -25,7 +25,7 @@ use paho_testserver::TestServer;
 const ENV: &str = "AUTOPAHO_KILL_CHILD";
 
 fn qos_of(i: u32) -> QoS {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         QoS::ExactlyOnce
     } else {
         QoS::AtLeastOnce
