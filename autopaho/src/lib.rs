@@ -1,8 +1,100 @@
-//! The reconnecting MQTT v5 client of the paho-rs family: its transport layer.
+//! The reconnecting MQTT v5 client of the paho-rs family: hand it a message and it gets
+//! there, across dropped links, broker restarts, failover between servers and (with file
+//! stores) the death of the process.
 //!
-//! This first layer of `autopaho` turns a server URL into a connected byte stream that a
-//! [`paho::Client`] runs MQTT over, and decides how long to wait between attempts. The
-//! reconnecting connection manager is built on top of it (see "What is still to come").
+//! [`ConnectionManager`] keeps one connection up to one of a list of servers, reconnecting
+//! with backoff; its session outlives every connection, so publishes started on one finish on
+//! the next. [`ConnectionManager::publish_via_queue`] adds a durable outbox: it returns once
+//! the message is stored in the queue, and the manager moves it to the session exactly once.
+//!
+//! # Connect and subscribe
+//!
+//! ```no_run
+//! use autopaho::{ConnectionManager, ManagerConfig, Servers};
+//! use paho::packets::{QoS, SubscribeProperties, Subscription, SubscriptionOptions};
+//! use paho::session::SessionConfig;
+//! use paho::ConnectOptions;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ManagerConfig::builder(Servers::parse(["mqtt://broker.example.com"])?)
+//!     .connect_options(ConnectOptions::builder().client_id("sensor-1").build()?)
+//!     .build()?;
+//! let mgr = ConnectionManager::start_in_memory(config, SessionConfig::new());
+//! mgr.add_on_publish_received(|m| println!("{} {:?}", m.topic(), m.payload()));
+//! // Waits for the first connection; made again whenever the server forgets the session.
+//! mgr.subscribe(
+//!     vec![Subscription::new("commands/#", SubscriptionOptions::qos(QoS::AtLeastOnce))],
+//!     SubscribeProperties::default(),
+//! )
+//! .await?;
+//! mgr.disconnect().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # A durable outbox on files
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use autopaho::{ConnectionManager, ManagerConfig, Servers};
+//! use paho::packets::{Publish, QoS};
+//! use paho::session::{FileStore, SessionConfig, StoreIdentity};
+//! use paho::{ConnectOptions, SessionHandle};
+//! use paho_queue::FileQueue;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = "mqtts://broker.example.com";
+//! let store = FileStore::open("/var/lib/sensor-1/session", StoreIdentity::new(url, "sensor-1")?)
+//!     .await?;
+//! // Resumes whatever a killed process left in the session and the queue.
+//! let session =
+//!     SessionHandle::restore(SessionConfig::new().session_expiry_interval(3600), store).await?;
+//! let queue = Arc::new(FileQueue::builder("/var/lib/sensor-1/queue").open().await?);
+//! let config = ManagerConfig::builder(Servers::parse([url])?)
+//!     .connect_options(ConnectOptions::builder().client_id("sensor-1").clean_start(false).build()?)
+//!     .build()?;
+//! let mgr = ConnectionManager::start(config, session, queue);
+//! let queued = mgr
+//!     .publish_via_queue(Publish {
+//!         topic: "sensors/1".into(),
+//!         qos: QoS::ExactlyOnce,
+//!         payload: "21.5".into(),
+//!         ..Default::default()
+//!     })
+//!     .await?; // fsynced in the queue: it will be delivered, even after a crash
+//! let outcome = queued.outcome().await?; // the PUBCOMP, while this process lives
+//! assert!(outcome.is_success());
+//! # Ok(()) }
+//! ```
+//!
+//! # TLS, WebSocket and failover
+//!
+//! ```no_run
+//! use autopaho::{Backoff, ConnectionManager, Connector, ManagerConfig, Servers, TlsOptions};
+//! use paho::session::SessionConfig;
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = std::fs::read("ca.pem")?;
+//! let (cert, key) = (std::fs::read("client.pem")?, std::fs::read("client.key")?);
+//! let tls = TlsOptions::builder().ca_pem(&ca).client_cert_pem(&cert, &key).build()?;
+//! let config = ManagerConfig::builder(Servers::parse([
+//!     // Tried in order in every round: a cluster's nodes, then a fallback over WebSocket.
+//!     "mqtts://node-1.example.com",
+//!     "mqtts://node-2.example.com",
+//!     "wss://gateway.example.com/mqtt",
+//! ])?)
+//! .connector(Connector::builder().tls(tls).ws_header("X-Site", "plant-7").build()?)
+//! .backoff(Backoff::exponential().initial(Duration::from_millis(500)).max(Duration::from_secs(30)).build()?)
+//! .build()?;
+//! # let rt = tokio::runtime::Runtime::new()?;
+//! # let _g = rt.enter();
+//! let mgr = ConnectionManager::start_in_memory(config, SessionConfig::new());
+//! let mut events = mgr.events(); // Connecting, Connected, ConnectFailed, Disconnected, ...
+//! # let _ = (&mut events, mgr);
+//! # Ok(()) }
+//! ```
 //!
 //! # Layout
 //!
@@ -68,15 +160,24 @@
 //! `min(initial · factorⁿ, max) · (1 + jitter · u)`, `u` uniform in `[-1, 1)`, clipped to
 //! `max`. Defaults: 1 s, ×2, 60 s, ±25 %.
 //!
-//! # What is still to come
+//! # The manager
 //!
-//! The manager, built on this layer: a validated configuration (servers, CONNECT options,
-//! session and queue stores, backoff, events); `policy` (a connect error or a closed
-//! connection becomes retry, next server or stop); `manager` (the one task and `select!`,
-//! state `Backoff | Connecting | Connected | Stopping`, a `watch` of the connection state);
-//! `pump` (queued publishes into the session, exactly once); and `handle` (the cloneable
-//! `ConnectionManager`). Until then, use [`Connect`] and [`Backoff`] with [`paho::Client`]
-//! directly, as above.
+//! - [`ManagerConfig`] (`config`): servers, connector, CONNECT options (Clean Start on the
+//!   first connection only), backoff and its reset, resubscription, connect and disconnect
+//!   hooks; validated when built.
+//! - `manager` (private): the one task. `Connecting` tries every server of the list in
+//!   order; `Connected` runs the queue pump and the message dispatch until the link closes;
+//!   then `Backoff` waits (never a tight loop, even against a server that accepts and kicks)
+//!   and the round starts again. A client id the server assigned is kept. Before every
+//!   connection the queue-to-session handoff is settled (queue heads the session already
+//!   holds are removed, not sent again).
+//! - [`ConnectionManager`] (`handle`): the cloneable handle; dropping the last one stops the
+//!   manager; [`WeakConnectionManager`] is for message handlers.
+//! - [`Event`], [`ConnectionState`] (`events`): a broadcast stream of what happens.
+//!
+//! Publishes follow the session's two classes of error: an error means "not done" except
+//! one for which [`Error::is_outcome_unknown`] is true (the message is in the session store
+//! and is resent when it is reopened; do not publish it again).
 //!
 //! # Cargo features
 //!
