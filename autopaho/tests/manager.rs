@@ -612,3 +612,82 @@ async fn a_handler_holding_a_weak_handle_does_not_keep_the_manager_alive() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_thousand_messages_offline_stay_within_the_queue_limits() {
+    within(async {
+        // The server's event log must hold every PUBLISH and its PUBACK.
+        let server = TestServer::builder()
+            .event_limit(1_000_000)
+            .start()
+            .await
+            .unwrap();
+        let net = Net::new(server).await;
+        net.down.store(true, Ordering::SeqCst);
+        let limits = paho_queue::Limits::builder()
+            .max_entries(1000)
+            .max_bytes(64 * 1024)
+            .overflow(paho_queue::Overflow::Block)
+            .build()
+            .unwrap();
+        let q = Arc::new(MemoryQueue::new(limits));
+        let cfg = config(&net, &["mqtt://only"], "bulk").build().unwrap();
+        let mgr = ConnectionManager::start(cfg, session(3600), Arc::clone(&q));
+        const N: u32 = 100_000;
+        let producer = tokio::spawn({
+            let mgr = mgr.clone();
+            async move {
+                for i in 0..N {
+                    // Blocks while the queue is full: the backlog is bounded by its limits.
+                    drop(
+                        mgr.publish_via_queue(msg("b", QoS::AtLeastOnce, i.to_string()))
+                            .await
+                            .unwrap(),
+                    );
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!producer.is_finished());
+        let s = mgr.stats();
+        assert!(s.queue_len <= 1000 && s.queue_bytes <= 64 * 1024, "{s:?}");
+        assert!(s.queue_len > 0);
+        net.down.store(false, Ordering::SeqCst);
+        producer.await.unwrap();
+        while mgr.stats().sent_from_queue < u64::from(N) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(mgr.stats().queue_len <= 1000);
+        }
+        mgr.disconnect().await.unwrap();
+        let got = received_payloads(&net.server, "bulk");
+        assert_eq!(got.len(), N as usize);
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p == &Bytes::from(i.to_string())));
+    })
+    .await
+}
+
+#[test]
+fn the_public_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cfg = ManagerConfig::builder(servers(&["mqtt://x"]))
+            .build()
+            .unwrap();
+        let mgr = ConnectionManager::start_in_memory(cfg, SessionConfig::new());
+        send(&mgr.publish_via_queue(msg("t", QoS::AtLeastOnce, "x")));
+        send(&mgr.publish(msg("t", QoS::AtLeastOnce, "x")));
+        send(&mgr.subscribe(vec![], SubscribeProperties::default()));
+        send(&mgr.unsubscribe(vec![]));
+        send(&mgr.await_connection());
+        send(&mgr.disconnect());
+        send(&mgr.done());
+        send(&mgr.reauthenticate());
+    });
+}
