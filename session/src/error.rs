@@ -105,6 +105,14 @@ pub enum Error {
         /// The message (full topic, no packet id).
         message: Box<paho_packets::Publish>,
     },
+    /// The message's Message Expiry Interval passed before it could be sent (it waited for a
+    /// connection or send quota: it was never sent), or before a QoS 1 message could be
+    /// resent after a reconnect (it may have reached the server before the link dropped). It
+    /// was dropped as MQTT requires; publishing it again makes no sense. (An expired QoS 2
+    /// message that was sent is resent with an interval of 1 s, never dropped: see the
+    /// engine's docs.)
+    #[error("the message expired before it could be sent")]
+    MessageExpired,
     /// The session expired (its Session Expiry Interval passed while offline, or it was 0 and
     /// the link dropped), so it was cleared locally under
     /// [`SessionLostPolicy::Fail`](crate::SessionLostPolicy::Fail). As

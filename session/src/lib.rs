@@ -121,10 +121,11 @@
 //!   process); they are resent and completed all the same.
 //! - The time the link dropped is kept in memory only: after a restart the server's Session
 //!   Present decides whether the session still exists.
-//! - The Message Expiry Interval of a stored PUBLISH is not reduced on resend, and an expired
-//!   one is still resent (the engine is not told when a message was accepted; see
-//!   `docs/ARCHITECTURE.md` for why this needs an API change, and why an expired QoS 2 PUBLISH
-//!   could not simply be dropped anyway).
+//! - The Message Expiry Interval counts from when a publish was accepted: one that expires
+//!   before it is sent is dropped ([`Error::MessageExpired`]); the others are sent, and
+//!   resent, with what is left of it; an expired QoS 2 message that was already sent is
+//!   resent with 1 s (the server may hold its packet id). For an exchange restored after a
+//!   restart the interval counts from the restart (the time of acceptance is not stored).
 #![deny(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

@@ -1516,3 +1516,86 @@ async fn a_stored_value_with_a_garbled_origin_trailer_is_quarantined() {
         Some(Action::Store(paho_session::StoreOp::Quarantine { .. }))
     ));
 }
+
+// ----- message expiry ------------------------------------------------------------------------
+
+fn expiring(qos: QoS, payload: &str, secs: u32) -> Publish {
+    let mut p = msg(qos, "x", payload);
+    p.properties.message_expiry_interval = Some(secs);
+    p
+}
+
+#[tokio::test]
+async fn a_message_that_expires_while_it_waits_is_never_sent_and_the_others_go_with_what_is_left() {
+    let mut h = memory_harness(HOUR);
+    let now = h.now;
+    // Accepted while offline: they wait in the queue of publishes.
+    let gone = h
+        .session
+        .publish(expiring(QoS::AtLeastOnce, "gone", 10), now)
+        .unwrap();
+    let kept = h
+        .session
+        .publish(expiring(QoS::ExactlyOnce, "kept", 100), now)
+        .unwrap();
+    let plain = h
+        .session
+        .publish(msg(QoS::AtLeastOnce, "x", "plain"), now)
+        .unwrap();
+    h.advance(Duration::from_secs(15));
+    h.connect(false, None).await;
+    let sent = h.sent_publishes();
+    let summary: Vec<(Bytes, Option<u32>)> = sent
+        .iter()
+        .map(|p| (p.payload.clone(), p.properties.message_expiry_interval))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Bytes::from_static(b"kept"), Some(85)),
+            (Bytes::from_static(b"plain"), None)
+        ]
+    );
+    assert!(matches!(gone.await, Err(Error::MessageExpired)));
+    // The store keeps the interval as accepted; each send says what is left of it.
+    let stored = h.store.list().await.unwrap();
+    let Packet::Publish(p) = Packet::decode_exact(stored[0].value().clone()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.properties.message_expiry_interval, Some(100));
+    drop((kept, plain));
+}
+
+#[tokio::test]
+async fn after_a_long_outage_an_expired_qos1_is_dropped_and_an_expired_qos2_goes_with_1s() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, None).await;
+    let q1 = h.publish(expiring(QoS::AtLeastOnce, "one", 30)).await;
+    let _q2 = h.publish(expiring(QoS::ExactlyOnce, "two", 30)).await;
+    let _fresh = h.publish(expiring(QoS::AtLeastOnce, "fresh", 300)).await;
+    h.take_wire();
+    h.drop_link().await;
+    h.advance(Duration::from_secs(40));
+    h.connect(true, None).await;
+    let resent: Vec<(Bytes, Option<u32>, bool)> = h
+        .sent_publishes()
+        .iter()
+        .map(|p| {
+            (
+                p.payload.clone(),
+                p.properties.message_expiry_interval,
+                p.dup,
+            )
+        })
+        .collect();
+    assert_eq!(
+        resent,
+        vec![
+            // The server may hold it under its packet id: resent, with the least interval.
+            (Bytes::from_static(b"two"), Some(1), true),
+            (Bytes::from_static(b"fresh"), Some(260), true),
+        ]
+    );
+    assert!(matches!(q1.await, Err(Error::MessageExpired)));
+    assert_eq!(h.stored().await.len(), 2, "the expired QoS 1 entry is gone");
+}

@@ -114,6 +114,10 @@ struct Outbound {
     /// The outgoing queue entry this message came from (see
     /// [`Session::publish_with_origin`]), stored with it.
     origin: Option<u64>,
+    /// When it was accepted, for its Message Expiry Interval; `None` for one restored from a
+    /// store until its first resend (the time of acceptance is not stored, so after a restart
+    /// the interval counts from the restart).
+    accepted: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -121,6 +125,8 @@ struct Waiting {
     publish: Publish,
     completer: Completer<PublishOutcome>,
     origin: Option<u64>,
+    /// When the application handed it over: its Message Expiry Interval counts from here.
+    accepted: Instant,
 }
 
 /// Why a session is being given up.
@@ -257,6 +263,14 @@ fn encode(packet: &Packet) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
     packet.encode(&mut buf)?;
     Ok(buf.freeze())
+}
+
+/// What is left, in whole seconds, of a Message Expiry Interval after `waited`; `None` once it
+/// has passed (MQTT v5 §3.3.2.3.3: the interval sent on is the one received minus the time
+/// the message has waited).
+fn expiry_left(interval: u32, waited: Duration) -> Option<u32> {
+    let waited = u32::try_from(waited.as_secs()).unwrap_or(u32::MAX);
+    interval.checked_sub(waited).filter(|left| *left > 0)
 }
 
 /// Marks the origin trailer after a stored PUBLISH.
@@ -423,6 +437,7 @@ impl Session {
                 stored: completer.is_none(),
                 completer,
                 origin,
+                accepted: None,
             },
         );
     }
@@ -827,6 +842,7 @@ impl Session {
             publish,
             completer,
             origin,
+            accepted: now,
         });
         self.pump();
         Ok(completion)
@@ -847,7 +863,31 @@ impl Session {
             self.finish(id, Err(e));
             return;
         }
+        let now = self.now;
+        let accepted = *out
+            .accepted
+            .get_or_insert_with(|| now.unwrap_or_else(Instant::now));
+        let waited = now.map_or(Duration::ZERO, |n| n.saturating_duration_since(accepted));
         let mut p = p.clone();
+        if let Some(interval) = p.properties.message_expiry_interval {
+            match (expiry_left(interval, waited), p.qos) {
+                (Some(left), _) => p.properties.message_expiry_interval = Some(left),
+                // Expired. A QoS 1 message is dropped. A QoS 2 one may sit in the server's
+                // state under its packet id (PUBLISH sent, no PUBREC back): dropping it would
+                // free the id while the server still holds it, and the next message to reuse
+                // the id would be taken for a duplicate and swallowed; MQTT also requires
+                // resending it. So it goes again with the least interval there is.
+                (None, QoS::ExactlyOnce) => p.properties.message_expiry_interval = Some(1),
+                (None, _) => {
+                    tracing::debug!(id = id.get(), "session: stored PUBLISH expired; dropped");
+                    self.finish(id, Err(Error::MessageExpired));
+                    return;
+                }
+            }
+        }
+        let Some(out) = self.outbound.get_mut(&id) else {
+            return;
+        };
         p.dup = !out.fresh;
         out.fresh = false;
         out.counted = true;
@@ -883,9 +923,27 @@ impl Session {
                 mut publish,
                 completer,
                 origin,
+                accepted,
             }) = self.waiting.pop_front()
             else {
                 break;
+            };
+            // Its Message Expiry Interval counts from when it was accepted: one that passed
+            // while it waited for a connection or quota is dropped, never sent; the others go
+            // with what is left of it.
+            let waited = self
+                .now
+                .map_or(Duration::ZERO, |n| n.saturating_duration_since(accepted));
+            let left = match publish.properties.message_expiry_interval {
+                None => None,
+                Some(interval) => match expiry_left(interval, waited) {
+                    Some(l) => Some(l),
+                    None => {
+                        self.ids.free(id);
+                        completer.complete(Err(Error::MessageExpired));
+                        continue;
+                    }
+                },
             };
             publish.packet_id = Some(id);
             if let Err(e) = self.limits.check(&publish) {
@@ -907,8 +965,11 @@ impl Session {
                 kind,
                 value,
             }));
-            self.actions
-                .push_back(Action::Send(Packet::Publish(publish.clone())));
+            let mut sent = publish.clone();
+            if left.is_some() {
+                sent.properties.message_expiry_interval = left;
+            }
+            self.actions.push_back(Action::Send(Packet::Publish(sent)));
             let state = if publish.qos == QoS::ExactlyOnce {
                 OutState::Pubrec(publish)
             } else {
@@ -917,6 +978,7 @@ impl Session {
             self.insert_outbound(id, state, Some(completer), origin);
             if let Some(out) = self.outbound.get_mut(&id) {
                 out.counted = true;
+                out.accepted = Some(accepted);
             }
             self.in_flight += 1;
         }
