@@ -64,17 +64,19 @@ fn child_publisher() {
                 .await
                 .unwrap();
         let queue = Arc::new(FileQueue::builder(dir.join("queue")).open().await.unwrap());
-        let config = ManagerConfig::builder(Servers::parse([url.as_str()]).unwrap())
-            .connect_options(
-                ConnectOptions::builder()
-                    .client_id("killed-publisher")
-                    .clean_start(false)
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let mgr = ConnectionManager::start(config, session.clone(), Arc::clone(&queue));
+        let config = || {
+            ManagerConfig::builder(Servers::parse([url.as_str()]).unwrap())
+                .connect_options(
+                    ConnectOptions::builder()
+                        .client_id("killed-publisher")
+                        .clean_start(false)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let mut mgr = ConnectionManager::start(config(), session.clone(), Arc::clone(&queue));
         for i in first..end {
             let p = Publish {
                 topic: "kill/m".into(),
@@ -85,35 +87,19 @@ fn child_publisher() {
             mgr.publish_via_queue(p).await.unwrap();
             println!("Q {i}");
         }
-        // Drain: the queue empty and the session with nothing unfinished.
+        // Drain: the queue empty and the session with nothing unfinished (the session's
+        // counters can be read only between connections, so stop and look, and start again
+        // if something is left).
         loop {
-            let client = mgr.await_connection().await.unwrap();
-            drop(client);
-            if mgr.stats().queue_len == 0 {
-                mgr.disconnect().await.unwrap();
-                if session.stats().is_some_and(|s| s.unfinished == 0) {
-                    break;
-                }
-                // Not finished yet: start again (the manager stopped with the disconnect).
-                let config = ManagerConfig::builder(Servers::parse([url.as_str()]).unwrap())
-                    .connect_options(
-                        ConnectOptions::builder()
-                            .client_id("killed-publisher")
-                            .clean_start(false)
-                            .build()
-                            .unwrap(),
-                    )
-                    .build()
-                    .unwrap();
-                let again = ConnectionManager::start(config, session.clone(), Arc::clone(&queue));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                again.disconnect().await.unwrap();
-                if session.stats().is_some_and(|s| s.unfinished == 0) {
-                    break;
-                }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if mgr.stats().queue_len > 0 {
                 continue;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            mgr.disconnect().await.unwrap();
+            if session.stats().is_some_and(|s| s.unfinished == 0) {
+                break;
+            }
+            mgr = ConnectionManager::start(config(), session.clone(), Arc::clone(&queue));
         }
         println!("DONE");
     });
