@@ -154,6 +154,11 @@ pub struct Stats {
     pub overflowed: u64,
     /// Messages received and passed to the handlers.
     pub received: u64,
+    /// Outgoing QoS 1/2 exchanges the session has not finished (sent and awaiting their
+    /// acknowledgement, or to be resent), while a connection is up; 0 otherwise.
+    pub in_flight: usize,
+    /// Publishes waiting in the session for send quota (the server's Receive Maximum).
+    pub waiting: usize,
 }
 
 /// The outcome of [`ConnectionManager::publish_via_queue`]: the message is durable in the
@@ -520,6 +525,7 @@ impl ConnectionManager {
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
         let (queue_len, queue_bytes) = (self.shared.queue_depth)();
+        let live = self.current().map(|c| c.session_stats());
         Stats {
             state: self.state(),
             attempts: c.attempts.load(Ordering::Relaxed),
@@ -530,6 +536,8 @@ impl ConnectionManager {
             expired: c.expired.load(Ordering::Relaxed),
             overflowed: c.overflowed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
+            in_flight: live.map_or(0, |s| s.unfinished),
+            waiting: live.map_or(0, |s| s.waiting),
         }
     }
 

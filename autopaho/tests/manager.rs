@@ -224,6 +224,7 @@ async fn ten_thousand_messages_queued_while_never_connected_arrive_in_order() {
         let q = queue();
         let mgr = ConnectionManager::start(cfg, session(3600), Arc::clone(&q));
         let mut outcomes = Vec::new();
+        assert_eq!(mgr.stats().in_flight, 0);
         for i in 0..10_000u32 {
             let qos = if i % 2 == 0 {
                 QoS::AtLeastOnce

@@ -25,7 +25,7 @@ use crate::capabilities::ServerCapabilities;
 use crate::driver::Driver;
 use crate::message::{Backlog, Incoming};
 use crate::options::ConnectOptions;
-use crate::session_handle::{SessionHandle, SessionState};
+use crate::session_handle::{LiveStats, SessionHandle, SessionState, SessionStats};
 use crate::Error;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// even while it takes no other command because its socket is slow, so that
     /// [`Client::disconnect`] cannot wait behind a stuck socket.
     pub(crate) ctl: mpsc::UnboundedSender<Command>,
+    /// The session's counters, published by the connection's task.
+    pub(crate) stats: Arc<LiveStats>,
 }
 
 /// A handle to one MQTT v5 connection.
@@ -198,6 +200,7 @@ impl Client {
             session_expiry: hs.session_expiry,
             closed: closed_rx,
             ctl,
+            stats: Arc::new(LiveStats::default()),
         });
         let backlog = Arc::new(Backlog::new(options.max_queued_bytes));
         let incoming = Incoming::new(
@@ -248,6 +251,14 @@ impl Client {
     /// The keepalive in force, in seconds (the server's, if it imposed one).
     pub fn keep_alive(&self) -> u16 {
         self.shared.keep_alive
+    }
+
+    /// The session's counters while this connection drives it (unfinished QoS 1/2
+    /// exchanges, publishes waiting for quota, inbound QoS 2 awaiting PUBREL, packet ids in
+    /// use), as the connection's task last published them; [`SessionHandle::stats`] reads
+    /// them between connections.
+    pub fn session_stats(&self) -> SessionStats {
+        self.shared.stats.read()
     }
 
     /// Whether the connection has closed.

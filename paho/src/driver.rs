@@ -131,6 +131,7 @@ pub(crate) struct Driver<T, S: Store> {
     reauth: Option<Reply<()>>,
     disconnect_replies: Vec<oneshot::Sender<()>>,
     closed_tx: watch::Sender<Option<Result<(), Error>>>,
+    stats: Arc<crate::session_handle::LiveStats>,
 }
 
 impl<T, S> Driver<T, S>
@@ -201,6 +202,7 @@ where
             reauth: None,
             disconnect_replies: Vec::new(),
             closed_tx,
+            stats: Arc::clone(&shared.stats),
         }
     }
 
@@ -550,6 +552,7 @@ where
             // The engine sent nothing (it cannot happen while connected); do not hang.
             let _ = w.send(Ok(None));
         }
+        self.stats.publish(&self.state.session);
         // Memory stores (and an idle file store's fast path) finish at once: no need to wait
         // for the next turn of the loop.
         while !self.stores.is_empty() {

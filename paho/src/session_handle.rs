@@ -90,6 +90,36 @@ impl SessionHandle<MemoryStore> {
     }
 }
 
+/// The session's counters as the connection's task last published them (after every
+/// event it handled), readable while it drives the session.
+#[derive(Debug, Default)]
+pub(crate) struct LiveStats {
+    unfinished: std::sync::atomic::AtomicUsize,
+    waiting: std::sync::atomic::AtomicUsize,
+    inbound_pending: std::sync::atomic::AtomicUsize,
+    packet_ids_in_use: std::sync::atomic::AtomicUsize,
+}
+
+impl LiveStats {
+    pub(crate) fn publish(&self, s: &Session) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.unfinished.store(s.unfinished(), Relaxed);
+        self.waiting.store(s.waiting(), Relaxed);
+        self.inbound_pending.store(s.inbound_pending(), Relaxed);
+        self.packet_ids_in_use.store(s.packet_ids_in_use(), Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> SessionStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SessionStats {
+            unfinished: self.unfinished.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
+            inbound_pending: self.inbound_pending.load(Relaxed),
+            packet_ids_in_use: self.packet_ids_in_use.load(Relaxed),
+        }
+    }
+}
+
 /// A snapshot of a session's counters, from [`SessionHandle::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

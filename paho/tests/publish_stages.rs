@@ -82,3 +82,33 @@ async fn a_message_from_a_queue_stays_on_record_until_released() {
     })
     .await
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_session_counters_are_readable_while_connected() {
+    within(LIMIT, async {
+        let session = SessionHandle::new(Session::new(SessionConfig::new()), Flaky::default());
+        let (io, mut peer) = pipe();
+        let server = tokio::spawn(async move {
+            let mut ack = ConnAck::default();
+            ack.properties.receive_maximum = Some(1);
+            peer.accept(ack).await;
+            peer
+        });
+        let (client, _incoming) = Client::connect(io, options().build().unwrap(), session)
+            .await
+            .unwrap();
+        let mut peer = server.await.unwrap();
+        let _a = client.start_publish(publish("t", QoS::AtLeastOnce, "a"));
+        let _b = client.start_publish(publish("t", QoS::AtLeastOnce, "b"));
+        let p = peer.expect_publish().await;
+        let s = client.session_stats();
+        assert_eq!((s.unfinished, s.waiting), (1, 1));
+        peer.puback(p.packet_id.unwrap()).await;
+        let p = peer.expect_publish().await;
+        peer.puback(p.packet_id.unwrap()).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let s = client.session_stats();
+        assert_eq!((s.unfinished, s.waiting), (0, 0));
+    })
+    .await
+}
