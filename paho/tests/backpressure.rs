@@ -56,6 +56,9 @@ async fn a_server_that_never_reads_cannot_grow_the_clients_write_buffer() {
         // Virtual time: it passes once every task is blocked.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let n = written.load(Ordering::Relaxed);
+        eprintln!(
+            "a server that never reads: the client took {n} bytes of a 4,000,000-byte PUBREL flood"
+        );
         // Each 4-byte PUBREL read costs 5 bytes of PUBCOMP to write. The client takes in only
         // what answers about its 1 MiB high-water mark (plus what the two pipes and one read
         // buffer hold), not the 4 MB the server offers, and the flood stalls.
@@ -105,6 +108,7 @@ async fn an_application_that_does_not_take_messages_holds_the_server_back_within
         });
         tokio::time::sleep(Duration::from_secs(30)).await;
         let queued = incoming.queued_bytes();
+        eprintln!("an application that takes nothing: {queued} bytes queued (bound {BOUND}) of 12.8 MB offered");
         assert!(!flood.is_finished(), "the client read every message");
         // Reading stops once the bound is passed; what one read had already brought in is
         // still handled.
