@@ -79,6 +79,14 @@ impl Shared {
         }
     }
 
+    /// The manager stopped: nobody will hand the queued messages over in this run.
+    pub(crate) fn forget_waiters(&self) {
+        if let Ok(mut h) = self.handoff.lock() {
+            h.waiting.clear();
+            h.unclaimed.clear();
+        }
+    }
+
     /// The pump handed entry `seq` to the session: give its handle to whoever enqueued it.
     pub(crate) fn handed_over(&self, seq: u64, handle: PublishHandle) {
         let Ok(mut h) = self.handoff.lock() else {
@@ -424,6 +432,9 @@ impl ConnectionManager {
                     Some(handle) => {
                         let _ = tx.send(handle);
                     }
+                    // Stopped: no pump in this run; `outcome` says `Stopped`, and the message
+                    // waits in the queue for the next run.
+                    None if self.shared.done.borrow().is_some() => drop(tx),
                     None => {
                         h.waiting.insert(seq, tx);
                     }

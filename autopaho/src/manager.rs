@@ -64,8 +64,8 @@ impl Subscriptions {
 enum End {
     /// The application asked to stop.
     Stop,
-    /// The connection closed (the error says why).
-    Closed(Option<Error>),
+    /// The connection closed.
+    Closed,
     /// The store or the queue failed: the manager stops.
     Fatal(Error),
 }
@@ -79,6 +79,8 @@ pub(crate) async fn run<S: Store, Q: Queue + 'static>(
 ) {
     let result = run_inner(&shared, config, session, queue, &mut stop).await;
     shared.client.send_replace(None);
+    // Callers of `publish_via_queue` whose messages are still queued hear `Stopped`.
+    shared.forget_waiters();
     shared.state.send_replace(ConnectionState::Stopped);
     match &result {
         Ok(()) => tracing::info!("connection manager stopped"),
@@ -185,9 +187,10 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
         shared.client.send_replace(Some(client.clone()));
         shared.state.send_replace(ConnectionState::Connected);
         let end = tokio::select! {
-            r = client.closed() => End::Closed(r.err().map(Error::Client)),
+            _ = client.closed() => End::Closed,
             e = pump(shared, &client, &*queue) => End::Fatal(e),
-            () = dispatch(shared, incoming) => End::Closed(None),
+            // The messages end when the connection does; `closed` says why.
+            () = dispatch(shared, incoming) => End::Closed,
             () = stopped(stop) => End::Stop,
         };
         shared.client.send_replace(None);
@@ -204,20 +207,21 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
                 });
                 return Err(e);
             }
-            End::Closed(Some(Error::Client(e))) if is_store_failure(&e) => {
-                // The session store failed: it must be reopened, which only the application
-                // can do. Reconnecting would fail every connection the same way.
-                shared.emit(Event::Disconnected {
-                    error: Some(Error::Client(e.clone())),
-                });
-                return Err(Error::Client(e));
-            }
-            End::Closed(error) => {
-                // The task owns the session until it has ended; wait so that the next
-                // connect finds it free at once (it would wait anyway).
-                let _ = client.closed().await;
+            End::Closed => {
+                // Also waits until the connection's task has let the session go, so that the
+                // next connect finds it free at once.
+                let error = client.closed().await.err().map(Error::Client);
                 tracing::info!(error = ?error, "connection closed");
-                shared.emit(Event::Disconnected { error });
+                shared.emit(Event::Disconnected {
+                    error: error.clone(),
+                });
+                if let Some(Error::Client(e)) = &error {
+                    if is_store_failure(e) {
+                        // The session store failed: it must be reopened, which only the
+                        // application can do. Reconnecting would fail the same way.
+                        return Err(Error::Client(e.clone()));
+                    }
+                }
             }
         }
         drop(client);

@@ -482,12 +482,14 @@ async fn disconnect_stops_everything_and_done_reports_it() {
         assert!(mgr.done().await.is_ok());
         assert_eq!(mgr.state(), ConnectionState::Stopped);
         net.server.wait_connection_count(0).await;
-        assert!(
-            mgr.publish_via_queue(msg("l", QoS::AtLeastOnce, "late"))
-                .await
-                .is_ok(),
-            "the queue still takes messages for the next run"
-        );
+        let late = mgr
+            .publish_via_queue(msg("l", QoS::AtLeastOnce, "late"))
+            .await
+            .expect("the queue still takes messages for the next run");
+        assert!(matches!(
+            late.outcome().await,
+            Err(autopaho::Error::Stopped)
+        ));
         assert!(mgr.await_connection().await.is_err());
         // Dropping every handle of a running manager stops it too.
         let cfg = config(&net, &["mqtt://only"], "dropped").build().unwrap();
