@@ -6,12 +6,14 @@
 //! on the stop signal and uses tokio's clock, so a paused clock drives it in tests.
 
 use std::sync::atomic::Ordering;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use paho::packets::{Packet, Publish, SubAck, SubscribeProperties, Subscription};
 use paho::session::Store;
-use paho::{Client, SessionHandle};
+use paho::{Client, PublishHandle, SessionHandle};
 use paho_queue::{Finish, Queue};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -186,26 +188,29 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
         }
         shared.client.send_replace(Some(client.clone()));
         shared.state.send_replace(ConnectionState::Connected);
+        // The message the pump is handing over, kept outside its future: the `select!` below
+        // may drop the pump at any await (see `settle_handover`).
+        let mut handing: Option<(u64, PublishHandle)> = None;
         let end = tokio::select! {
             _ = client.closed() => End::Closed,
-            e = pump(shared, &client, &*queue) => End::Fatal(e),
+            e = pump(shared, &client, &*queue, &mut handing) => End::Fatal(e),
             // The messages end when the connection does; `closed` says why.
             () = dispatch(shared, incoming) => End::Closed,
             () = stopped(stop) => End::Stop,
         };
         shared.client.send_replace(None);
-        match end {
+        let end_result = match end {
             End::Stop => {
                 let _ = client.disconnect((config.on_disconnect)()).await;
                 shared.emit(Event::Disconnected { error: None });
-                return Ok(());
+                Some(Ok(()))
             }
             End::Fatal(e) => {
                 let _ = client.disconnect((config.on_disconnect)()).await;
                 shared.emit(Event::Disconnected {
                     error: Some(e.clone()),
                 });
-                return Err(e);
+                Some(Err(e))
             }
             End::Closed => {
                 // Also waits until the connection's task has let the session go, so that the
@@ -215,14 +220,21 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
                 shared.emit(Event::Disconnected {
                     error: error.clone(),
                 });
-                if let Some(Error::Client(e)) = &error {
-                    if is_store_failure(e) {
-                        // The session store failed: it must be reopened, which only the
-                        // application can do. Reconnecting would fail the same way.
-                        return Err(Error::Client(e.clone()));
+                match &error {
+                    // The session store failed: it must be reopened, which only the
+                    // application can do. Reconnecting would fail the same way.
+                    Some(Error::Client(e)) if is_store_failure(e) => {
+                        Some(Err(Error::Client(e.clone())))
                     }
+                    _ => None,
                 }
             }
+        };
+        // The connection's task has ended (its store operations finished), so whether the
+        // message being handed over reached the session store is known now.
+        settle_handover(shared, handing.take());
+        if let Some(r) = end_result {
+            return r;
         }
         drop(client);
         if up_at.elapsed() >= config.reset_backoff_after {
@@ -310,7 +322,33 @@ async fn settle_handoff<S: Store, Q: Queue>(
 /// the caller's `select!`, which is safe at every await: an entry not yet removed stays at
 /// the head, and one whose publish was stored is held by the session (and found again by
 /// `settle_handoff` after a crash).
-async fn pump<Q: Queue>(shared: &Shared, client: &Client, queue: &Q) -> Error {
+/// The pump was dropped (the link closed, or a stop) while it handed `handing` over. If the
+/// session stored the message, it holds it and will finish it on a later connection (and
+/// `settle_handoff` removes the queue entry, if it is still there), so the caller of
+/// `publish_via_queue` gets this handle. If not, dropping the handle withdraws it from the
+/// session, and the entry, still at the head of the queue, is handed over again later.
+fn settle_handover(shared: &Shared, handing: Option<(u64, PublishHandle)>) {
+    let Some((seq, mut handle)) = handing else {
+        return;
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+    let stored = matches!(
+        std::pin::pin!(handle.stored()).as_mut().poll(&mut cx),
+        Poll::Ready(Ok(()))
+    );
+    if stored {
+        shared.handed_over(seq, handle);
+    } else {
+        tracing::debug!(seq, "queue entry not stored before the link closed; it goes again");
+    }
+}
+
+async fn pump<Q: Queue>(
+    shared: &Shared,
+    client: &Client,
+    queue: &Q,
+    handing: &mut Option<(u64, PublishHandle)>,
+) -> Error {
     loop {
         if let Err(e) = queue.wait_non_empty().await {
             return e.into();
@@ -344,7 +382,7 @@ async fn pump<Q: Queue>(shared: &Shared, client: &Client, queue: &Q) -> Error {
             shared.emit(Event::QueueExpired { seq });
             continue;
         }
-        let mut handle = client.start_publish_with_origin(publish, seq);
+        let (_, handle) = handing.insert((seq, client.start_publish_with_origin(publish, seq)));
         match handle.stored().await {
             Ok(()) => {}
             Err(e) if e.is_outcome_unknown() || is_store_failure(&e) => return e.into(),
@@ -358,7 +396,9 @@ async fn pump<Q: Queue>(shared: &Shared, client: &Client, queue: &Q) -> Error {
                 if let Err(qe) = queue.finish(head, Finish::Quarantine).await {
                     return qe.into();
                 }
-                shared.handed_over(seq, handle);
+                if let Some((seq, handle)) = handing.take() {
+                    shared.handed_over(seq, handle);
+                }
                 shared.emit(Event::QueueRefused {
                     seq,
                     error: e.into(),
@@ -381,7 +421,9 @@ async fn pump<Q: Queue>(shared: &Shared, client: &Client, queue: &Q) -> Error {
             .counters
             .sent_from_queue
             .fetch_add(1, Ordering::Relaxed);
-        shared.handed_over(seq, handle);
+        if let Some((seq, handle)) = handing.take() {
+            shared.handed_over(seq, handle);
+        }
     }
 }
 
