@@ -5,8 +5,8 @@
 //! asked for (or a fatal store or queue error), tower's reconnect shape. Every wait selects
 //! on the stop signal and uses tokio's clock, so a paused clock drives it in tests.
 
-use std::sync::atomic::Ordering;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
@@ -339,7 +339,10 @@ fn settle_handover(shared: &Shared, handing: Option<(u64, PublishHandle)>) {
     if stored {
         shared.handed_over(seq, handle);
     } else {
-        tracing::debug!(seq, "queue entry not stored before the link closed; it goes again");
+        tracing::debug!(
+            seq,
+            "queue entry not stored before the link closed; it goes again"
+        );
     }
 }
 

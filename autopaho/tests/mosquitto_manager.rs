@@ -186,17 +186,11 @@ async fn subscribe(mgr: &ConnectionManager, filter: &str, qos: QoS) {
     assert!(ack.reason_codes.iter().all(|c| c.as_u8() < 0x80), "{ack:?}");
 }
 
-/// The bug in `autopaho` this file found (see
-/// `bug_the_outcome_of_a_message_handed_over_as_the_link_drops_never_resolves`): when a link
-/// closes while the queue pump waits for a message to be stored, the pump is cancelled with
-/// the message's `PublishHandle`; the session stored the message anyway, so the next
-/// connection's `settle_handoff` removes the queue entry, and nobody ever hands a handle to
-/// the waiting `QueuedPublish`: its `outcome()` never resolves (not even after `disconnect`).
-/// The message itself is still delivered. Until it is fixed, the tests below tolerate this
-/// many such "stranded" outcomes per link loss of the publisher (the pump hands over one
-/// message at a time), and check that each stranded message was delivered; set it to 0 once
-/// fixed.
-const STRANDED_PER_LINK_LOSS: usize = 1;
+/// How many `QueuedPublish::outcome()`s may stay unresolved per link loss of the publisher.
+/// This file found that one could (the queue pump was cancelled with the message's
+/// `PublishHandle` when the link closed while it waited for the store write; see
+/// `the_outcome_of_a_message_handed_over_as_the_link_drops_resolves`), and it was fixed: none.
+const STRANDED_PER_LINK_LOSS: usize = 0;
 
 /// How one `QueuedPublish::outcome()` ended, and how many connections the publisher had made
 /// by then (1: acknowledged by the first connection).
@@ -852,7 +846,7 @@ async fn the_manager_reconnects_over_mutual_tls_after_a_mosquitto_restart() {
 
 // ------------------------------------------------------------------------- the bug, strictly
 
-/// **Fails: a bug in `autopaho`** (see [`STRANDED_PER_LINK_LOSS`]). Minimal reproduction:
+/// Was a bug in `autopaho` (see [`STRANDED_PER_LINK_LOSS`]). Reproduction:
 /// one mosquitto, one manager; queue 300 messages with `publish_via_queue`, SIGKILL mosquitto
 /// while they flow, start it again on the same port; repeat five times. Every message
 /// arrives (the session republishes what it held), but in most rounds the outcome of one
@@ -867,8 +861,7 @@ async fn the_manager_reconnects_over_mutual_tls_after_a_mosquitto_restart() {
 /// because the session holds it. The `oneshot::Sender` in `Handoff::waiting` is never used
 /// nor dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a QueuedPublish whose handoff a link drop interrupts never resolves (manager.rs pump cancelled with its PublishHandle; settle_handoff then removes the entry)"]
-async fn bug_the_outcome_of_a_message_handed_over_as_the_link_drops_never_resolves() {
+async fn the_outcome_of_a_message_handed_over_as_the_link_drops_resolves() {
     bounded(async {
         let Some(b) = broker() else { return };
         const ROUNDS: u32 = 5;
