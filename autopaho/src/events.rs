@@ -59,7 +59,9 @@ pub enum Event {
         /// How long the manager waits.
         delay: std::time::Duration,
     },
-    /// The server had forgotten the session (CONNACK Session Present = 0) on a reconnect:
+    /// The server had forgotten the session (CONNACK Session Present = 0 in answer to a
+    /// CONNECT that asked to resume it, on a reconnect or on the first connection of a
+    /// restarted process):
     /// subscriptions made through the manager are made again (unless turned off), and the
     /// session's policy republishes or gives back its unfinished messages.
     SessionLost,

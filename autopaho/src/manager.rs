@@ -136,6 +136,7 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
                 },
                 None => opts,
             };
+            let asked_to_resume = !opts.clean_start();
             let attempt = async {
                 let transport = config.connector.connect(server).await?;
                 Ok::<_, Error>(Client::connect(transport, opts, session.clone()).await?)
@@ -146,7 +147,7 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
             };
             match r {
                 Ok(c) => {
-                    up = Some((server.to_string(), c));
+                    up = Some((server.to_string(), c, asked_to_resume));
                     break;
                 }
                 Err(error) => {
@@ -158,13 +159,12 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
                 }
             }
         }
-        let Some((server, (client, incoming))) = up else {
+        let Some((server, (client, incoming), asked_to_resume)) = up else {
             if !pause(shared, &mut backoff, stop).await {
                 return Ok(());
             }
             continue;
         };
-        let resumed = !first;
         first = false;
         // A client id the server assigned is kept, so that the session survives reconnects.
         options = options.with_client_id(client.client_id());
@@ -174,7 +174,7 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
             server: server.clone(),
             connack: Box::new(client.connack().clone()),
         });
-        if resumed && !client.session_present() {
+        if asked_to_resume && !client.session_present() {
             shared.emit(Event::SessionLost);
         }
         let abandoned = session.take_abandoned();

@@ -694,3 +694,40 @@ fn the_public_futures_are_send() {
         send(&mgr.reauthenticate());
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn session_lost_is_reported_whenever_a_resume_was_asked_for_and_refused() {
+    within(async {
+        let net = Net::new(TestServer::start().await.unwrap()).await;
+        let resume = ConnectOptions::builder()
+            .client_id("restarted")
+            .clean_start(false)
+            .build()
+            .unwrap();
+        // A restarted process resuming its session: the server has none.
+        let cfg = config(&net, &["mqtt://only"], "restarted")
+            .connect_options(resume)
+            .build()
+            .unwrap();
+        let mgr = ConnectionManager::start(cfg, session(3600), queue());
+        let mut events = mgr.events();
+        loop {
+            match events.recv().await.unwrap() {
+                Event::SessionLost => break,
+                Event::Connected { connack, .. } => assert!(!connack.session_present),
+                _ => {}
+            }
+        }
+        mgr.disconnect().await.unwrap();
+        // A clean start asked for no session: nothing was lost.
+        let cfg = config(&net, &["mqtt://only"], "fresh").build().unwrap();
+        let mgr = ConnectionManager::start(cfg, session(3600), queue());
+        let mut events = mgr.events();
+        let _ = mgr.await_connection().await.unwrap();
+        mgr.disconnect().await.unwrap();
+        while let Ok(e) = events.try_recv() {
+            assert!(!matches!(e, Event::SessionLost), "{e:?}");
+        }
+    })
+    .await
+}
