@@ -42,9 +42,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use autopaho::{
-    Backoff, ConnectionManager, Connector, Event, ManagerConfig, ServerUrl, Servers,
-};
+use autopaho::{Backoff, ConnectionManager, Connector, Event, ManagerConfig, ServerUrl, Servers};
 use paho::packets::QoS;
 use paho::session::{FileStore, SessionConfig, StoreIdentity};
 use paho::{ConnectOptions, SessionHandle};
@@ -117,7 +115,12 @@ pub fn code_of(e: &autopaho::Error) -> u8 {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// Broker host.
-    #[arg(short = 'h', long = "host", default_value = "localhost", env = "MQTT_HOST")]
+    #[arg(
+        short = 'h',
+        long = "host",
+        default_value = "localhost",
+        env = "MQTT_HOST"
+    )]
     pub host: String,
     /// Broker port (default 1883, or 8883 with TLS flags).
     #[arg(short = 'p', long = "port", env = "MQTT_PORT")]
@@ -387,15 +390,7 @@ pub async fn first_connection(
 ) -> Result<(), Fail> {
     loop {
         match events.recv().await {
-            Ok(Event::Connected { server, connack }) => {
-                if debug {
-                    eprintln!(
-                        "connected to {server} (session present: {})",
-                        connack.session_present
-                    );
-                }
-                return Ok(());
-            }
+            Ok(Event::Connected { .. }) => return Ok(()),
             Ok(Event::ConnectFailed { server, error }) => {
                 let code = code_of(&error);
                 if !retry || code != exit::UNREACHABLE {
@@ -403,15 +398,10 @@ pub async fn first_connection(
                     return Err(Fail::new(code, format!("{server}: {error}")));
                 }
                 if debug {
-                    eprintln!("{server}: {error}; retrying");
+                    eprintln!("{server}: {error}; retrying (--session-dir)");
                 }
             }
-            Ok(e) => {
-                if debug {
-                    eprintln!("{e:?}");
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => {
                 return Err(Fail::new(exit::FAILED, "the connection manager stopped"));
             }
@@ -424,6 +414,13 @@ pub fn print_events(mut events: broadcast::Receiver<Event>) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
+                Ok(Event::Connected { server, connack }) => eprintln!(
+                    "connected to {server} (session present: {})",
+                    connack.session_present
+                ),
+                Ok(Event::SessionLost) => {
+                    eprintln!("the broker had forgotten the session: republishing, resubscribing")
+                }
                 Ok(e) => eprintln!("{e:?}"),
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,
@@ -431,4 +428,3 @@ pub fn print_events(mut events: broadcast::Receiver<Event>) {
         }
     });
 }
-

@@ -356,14 +356,20 @@ impl Demo {
         let mut broker_restarted = false;
         for i in 0..n {
             match (i / step, i % step) {
-                (1, 0) => self.cut("link cut 1", sent).await,
+                (1, 0) => self
+                    .cut("link cut 1", sent, &publisher, &sub)
+                    .await
+                    .map_err(|e| (sent, e))?,
                 (2, 0) => {
                     publisher = self
                         .restart_publisher(publisher, sent)
                         .await
                         .map_err(|e| (sent, e))?;
                 }
-                (3, 0) => self.cut("link cut 2", sent).await,
+                (3, 0) => self
+                    .cut("link cut 2", sent, &publisher, &sub)
+                    .await
+                    .map_err(|e| (sent, e))?,
                 (4, 0) if !broker_restarted => {
                     broker_restarted = true;
                     sent += self
@@ -397,6 +403,12 @@ impl Demo {
         .map_err(|e| (sent, e))?;
         let _ = publisher.mgr.disconnect().await;
         let _ = sub.disconnect().await;
+        // Connections counted by the managers (the retired publisher's were added at its
+        // restart).
+        self.connects.fetch_add(
+            publisher.mgr.stats().connects + sub.stats().connects,
+            Ordering::SeqCst,
+        );
         // Now that no connection drives it, the session can be read: nothing may be left.
         let left = publisher.session.stats().map_or(0, |s| s.unfinished);
         if left > 0 {
@@ -480,7 +492,6 @@ impl Demo {
     /// Prints the manager's connection events and counts its connections.
     fn watch_events(&self, mgr: &ConnectionManager, name: &'static str) {
         let mut events = mgr.events();
-        let connects = Arc::clone(&self.connects);
         let (plain, started) = (self.plain, self.started);
         tokio::spawn(async move {
             loop {
@@ -491,7 +502,6 @@ impl Demo {
                 };
                 let line = match e {
                     Event::Connected { connack, .. } => {
-                        connects.fetch_add(1, Ordering::SeqCst);
                         format!(
                             "{name}: connected (session present: {})",
                             connack.session_present
@@ -569,7 +579,18 @@ impl Demo {
 
     /// Cuts both clients' links: the embedded broker drops them (a testserver fault), or the
     /// demo's relay does.
-    async fn cut(&self, what: &str, sent: usize) {
+    async fn cut(
+        &self,
+        what: &str,
+        sent: usize,
+        p: &Publisher,
+        sub: &ConnectionManager,
+    ) -> DemoResult<()> {
+        // Both up first, so that the cut really cuts two links.
+        self.until("both clients to be connected", || {
+            p.mgr.state() == ConnectionState::Connected && sub.state() == ConnectionState::Connected
+        })
+        .await?;
         self.say(&format!("{what}: dropping both links (sent {sent})"));
         match &self.broker {
             Some(b) => {
@@ -581,6 +602,7 @@ impl Demo {
                 }
             }
         }
+        Ok(())
     }
 
     async fn hold_offline(&self, who: usize, mgr: &ConnectionManager) -> DemoResult<()> {
@@ -609,6 +631,8 @@ impl Demo {
         // Stop the manager (it has no connection to say goodbye on); what it held stays in
         // the files.
         let _ = p.mgr.disconnect().await;
+        self.connects
+            .fetch_add(p.mgr.stats().connects, Ordering::SeqCst);
         let Publisher {
             mgr,
             session,

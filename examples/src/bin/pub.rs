@@ -138,12 +138,14 @@ fn properties(list: &[Vec<String>]) -> Result<PublishProperties, Fail> {
             )));
         }
         let value = d[2].as_str();
-        let need3 = |p: &mut PublishProperties, f: fn(&mut PublishProperties, &str) -> Result<(), String>| {
-            if d.len() != 3 {
-                return Err(usage(format!("-D publish {name} takes one value")));
-            }
-            f(p, value).map_err(|e| usage(format!("-D publish {name}: {e}")))
-        };
+        let need3 =
+            |p: &mut PublishProperties,
+             f: fn(&mut PublishProperties, &str) -> Result<(), String>| {
+                if d.len() != 3 {
+                    return Err(usage(format!("-D publish {name} takes one value")));
+                }
+                f(p, value).map_err(|e| usage(format!("-D publish {name}: {e}")))
+            };
         match name {
             "message-expiry-interval" => need3(&mut p, |p, v| {
                 p.message_expiry_interval = Some(v.parse().map_err(|_| "not a number")?);
@@ -173,7 +175,8 @@ fn properties(list: &[Vec<String>]) -> Result<PublishProperties, Fail> {
                 let [_, _, k, v] = d.as_slice() else {
                     return Err(usage("-D publish user-property takes NAME VALUE".into()));
                 };
-                p.user_properties.push((k.as_str().into(), v.as_str().into()));
+                p.user_properties
+                    .push((k.as_str().into(), v.as_str().into()));
             }
             other => return Err(usage(format!("-D publish {other}: unknown property"))),
         }
@@ -190,11 +193,10 @@ struct Outbox {
 async fn run(args: Args) -> Result<(), Fail> {
     let c = &args.common;
     let target = c.target()?;
-    let topic = args
-        .topic
-        .clone()
-        .or(target.topic.clone())
-        .ok_or_else(|| Fail::new(exit::USAGE, "a topic is needed: -t TOPIC (or -L URL/TOPIC)"))?;
+    let topic =
+        args.topic.clone().or(target.topic.clone()).ok_or_else(|| {
+            Fail::new(exit::USAGE, "a topic is needed: -t TOPIC (or -L URL/TOPIC)")
+        })?;
     let props = properties(&args.property_groups)?;
     if c.session_dir.is_some() && c.id.is_none() {
         return Err(Fail::new(
@@ -251,6 +253,7 @@ async fn run(args: Args) -> Result<(), Fail> {
             properties: props.clone(),
             ..Default::default()
         };
+        let debug = c.debug;
         let send = |payload: Bytes| {
             let mut p = template.clone();
             p.payload = payload;
@@ -260,6 +263,10 @@ async fn run(args: Args) -> Result<(), Fail> {
                     .publish_via_queue(p)
                     .await
                     .map_err(|e| Fail::new(code_of(&e), format!("publish: {e}")))?;
+                if debug {
+                    // Durable in the queue (with --session-dir, fsynced) from here on.
+                    eprintln!("queued {}", q.seq());
+                }
                 Ok::<_, Fail>(q)
             }
         };
@@ -277,9 +284,11 @@ async fn run(args: Args) -> Result<(), Fail> {
             let payload = if let Some(m) = &args.message {
                 Bytes::from(m.clone())
             } else if let Some(f) = &args.file {
-                Bytes::from(tokio::fs::read(f).await.map_err(|e| {
-                    Fail::new(exit::FAILED, format!("{}: {e}", f.display()))
-                })?)
+                Bytes::from(
+                    tokio::fs::read(f)
+                        .await
+                        .map_err(|e| Fail::new(exit::FAILED, format!("{}: {e}", f.display())))?,
+                )
             } else if args.stdin_file {
                 let mut buf = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut buf)
@@ -347,6 +356,9 @@ async fn run(args: Args) -> Result<(), Fail> {
         mgr = ConnectionManager::start(config, session.clone(), Arc::clone(&queue));
         fatal = watch_fatal(mgr.events(), true);
         let mut ev = mgr.events();
+        if c.debug {
+            print_events(mgr.events());
+        }
         first_connection(&mgr, &mut ev, true, c.debug).await?;
         tokio::time::sleep(grace).await;
         grace = (grace * 2).min(Duration::from_secs(5));
