@@ -627,6 +627,11 @@ impl Demo {
             "publisher restart: dropping it and reopening its files (sent {sent}, queued {})",
             p.queue_len()
         ));
+        // It dies while connected, with messages in flight.
+        self.until("the publisher to be connected", || {
+            p.mgr.state() == ConnectionState::Connected
+        })
+        .await?;
         self.hold_offline(PUB, &p.mgr).await?;
         // Stop the manager (it has no connection to say goodbye on); what it held stays in
         // the files.
