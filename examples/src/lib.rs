@@ -428,3 +428,8 @@ pub fn print_events(mut events: broadcast::Receiver<Event>) {
         }
     });
 }
+
+/// The README's Rust example, compiled as a doctest so that it cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
