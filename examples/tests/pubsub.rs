@@ -465,3 +465,250 @@ fn exit_codes() {
     assert_eq!(code, Some(4), "{err}");
     assert_eq!(run(SUB, &["-p", &strict.port(), "-t", "x"]).0, Some(4));
 }
+
+#[test]
+fn pub_sources_properties_and_url() {
+    let Some(b) = Broker::start(&[]) else { return };
+    let port = b.port();
+    let sub = spawn(
+        "mosquitto_sub",
+        &[
+            "-V",
+            "mqttv5",
+            "-p",
+            &port,
+            "-t",
+            "src/#",
+            "-q",
+            "1",
+            "-C",
+            "5",
+            "-i",
+            "srcs",
+            "-F",
+            "%t|%C|%E|%R|%D|%P|%l|%p",
+        ],
+        Stdio::null(),
+    );
+    b.wait_log("Received SUBSCRIBE from srcs", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.txt");
+    std::fs::write(&file, "from a file").unwrap();
+    // -f FILE
+    let (code, _, err) = run(
+        PUB,
+        &[
+            "-p",
+            &port,
+            "-t",
+            "src/f",
+            "-q",
+            "1",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // -s: all of stdin as one message
+    let mut p = Command::new(PUB)
+        .args(["-p", &port, "-t", "src/s", "-q", "1", "-s"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"two\nlines").unwrap();
+    assert!(p.wait().unwrap().success());
+    // -n: a null message
+    assert_eq!(
+        run(PUB, &["-p", &port, "-t", "src/n", "-q", "1", "-n"]).0,
+        Some(0)
+    );
+    // -D publish properties, as mosquitto spells them
+    let (code, _, err) = run(
+        PUB,
+        &[
+            "-p",
+            &port,
+            "-t",
+            "src/d",
+            "-q",
+            "1",
+            "-m",
+            "body",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "60",
+            "-D",
+            "publish",
+            "response-topic",
+            "re/ply",
+            "-D",
+            "publish",
+            "correlation-data",
+            "abc",
+            "-D",
+            "publish",
+            "user-property",
+            "k",
+            "v",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // -L with the topic as the URL's path
+    let url = format!("mqtt://127.0.0.1:{port}/src/url");
+    assert_eq!(
+        run(PUB, &["-L", &url, "-m", "via url", "-q", "1"]).0,
+        Some(0)
+    );
+    let (code, out, _) = sub.finish();
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "src/f||||||11|from a file",
+            "src/s||||||9|two",
+            "lines",
+            "src/n||||||0|",
+            "src/d|text/plain|60|re/ply|abc|k:v|4|body",
+            "src/url||||||7|via url",
+        ]
+    );
+    // Unknown or malformed -D: bad flags.
+    assert_eq!(
+        run(PUB, &["-t", "x", "-m", "y", "-D", "publish", "nope", "1"]).0,
+        Some(2)
+    );
+    assert_eq!(
+        run(
+            PUB,
+            &["-t", "x", "-m", "y", "-D", "connect", "content-type", "a"]
+        )
+        .0,
+        Some(2)
+    );
+}
+
+#[test]
+fn credentials_keepalive_and_session_flags_reach_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-c", "-b", pw.to_str().unwrap(), "alice", "secret"])
+        .status();
+    let Ok(status) = ok else {
+        eprintln!("NOTICE: mosquitto_passwd missing; skipping");
+        return;
+    };
+    assert!(status.success());
+    let pw_line = format!("password_file {}", pw.display());
+    let Some(b) = Broker::start(&["allow_anonymous false", &pw_line]) else {
+        return;
+    };
+    let port = b.port();
+    let (code, _, err) = run(
+        PUB,
+        &[
+            "-p", &port, "-t", "x", "-m", "y", "-u", "alice", "-P", "secret", "-k", "17", "-i",
+            "cred-1",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // mosquitto logs the keepalive (k17) and clean start (c1) of each CONNECT.
+    b.wait_log("as cred-1 (p5, c1, k17", 1);
+    // Credentials in a -L URL, as mosquitto takes them; -c gives Clean Start 0.
+    let url = format!("mqtt://alice:secret@127.0.0.1:{port}/x");
+    let (code, _, err) = run(
+        PUB,
+        &["-L", &url, "-m", "y", "-c", "-x", "60", "-i", "cred-2"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    b.wait_log("as cred-2 (p5, c0, k60", 1);
+    // The wrong password: refused.
+    let (code, _, _) = run(
+        PUB,
+        &[
+            "-p", &port, "-t", "x", "-m", "y", "-u", "alice", "-P", "wrong",
+        ],
+    );
+    assert_eq!(code, Some(4));
+}
+
+/// `sub --session-dir -c -q 2`, SIGKILLed while messages flow and started again while the
+/// rest are published: every message is printed, and at most the one in the documented
+/// window (printed, acknowledgement not yet stored) twice. Then mosquitto restarts without
+/// persistence: `sub` subscribes again by itself and keeps printing.
+#[test]
+fn sub_with_session_dir_survives_sigkill_and_resubscribes_after_a_broker_restart() {
+    let Some(mut b) = Broker::start(&[]) else {
+        return;
+    };
+    let port = b.port();
+    let dir = tempfile::tempdir().unwrap();
+    let sd = dir.path().to_str().unwrap().to_owned();
+    let sub_args = [
+        "-p",
+        &port,
+        "-t",
+        "dur/#",
+        "-q",
+        "2",
+        "-c",
+        "-i",
+        "dsub",
+        "--session-dir",
+        &sd,
+        "-d",
+    ];
+    let first = spawn(SUB, &sub_args, Stdio::null());
+    b.wait_log("Received SUBSCRIBE from dsub", 1);
+    let publisher = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            let mut p = Command::new(PUB)
+                .args(["-p", &port, "-t", "dur/n", "-q", "2", "-l"])
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let input: String = (0..300).map(|i| format!("{i}\n")).collect();
+            p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            assert!(p.wait().unwrap().success());
+        })
+    };
+    first.wait_out(|o| o.lines().count() >= 50);
+    let mut first = first;
+    first.child.kill().unwrap(); // SIGKILL
+    let (_, out1, _) = first.finish();
+    publisher.join().unwrap(); // all 300 acknowledged by the broker: queued for dsub
+    let second = spawn(SUB, &sub_args, Stdio::null());
+    second.wait_out(|o| {
+        let got: HashSet<&str> = out1.lines().chain(o.lines()).collect();
+        (0..300).all(|i| got.contains(i.to_string().as_str()))
+    });
+    let printed = out1.lines().count() + second.out.lock().unwrap().lines().count();
+    assert!(
+        printed <= 301,
+        "{printed} lines for 300 messages: more than the one-message window"
+    );
+    // The broker forgets everything; sub notices Session Present = 0 and subscribes again.
+    let before = b.m.log().matches("Received SUBSCRIBE from dsub").count();
+    b.restart();
+    b.wait_log("Received SUBSCRIBE from dsub", before + 1);
+    assert_eq!(
+        run(PUB, &["-p", &port, "-t", "dur/n", "-q", "2", "-m", "after"]).0,
+        Some(0)
+    );
+    second.wait_out(|o| o.lines().any(|l| l == "after"));
+    assert!(second
+        .err
+        .lock()
+        .unwrap()
+        .contains("session present: false"));
+    let mut second = second;
+    second.child.kill().unwrap();
+    second.finish();
+}
