@@ -652,7 +652,6 @@ impl Demo {
             let _ = q.close().await;
         }
         self.net.open[PUB].store(true, Ordering::SeqCst);
-        // The store's lock is released once its writer thread has gone: retry briefly.
         let mut tries = 0;
         loop {
             match self.open_publisher().await {
@@ -664,7 +663,9 @@ impl Demo {
                     ));
                     return Ok(p);
                 }
-                Err(e) if tries < 100 && e.contains("lock") => {
+                // A FileStore or FileQueue lets go of its directory lock when its I/O thread
+                // has ended, just after the last handle went.
+                Err(e) if tries < 100 && (e.contains("lock") || e.contains("already open")) => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
