@@ -324,12 +324,13 @@ async fn run(args: Args) -> DemoResult<bool> {
     let duplicates = total.saturating_sub(counts.iter().filter(|c| **c > 0).count() as u64);
     let lost = sent - distinct_sent;
     let reconnects = demo.connects.load(Ordering::SeqCst).saturating_sub(2);
-    println!("sent {sent}");
-    println!("received {total}");
-    println!("duplicates {duplicates}");
-    println!("lost {lost}");
-    println!("reconnects {reconnects}");
-    println!("time {:.2}s", started.elapsed().as_secs_f64());
+    // Written without panicking when stdout is gone (`demo | head`).
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "sent {sent}\nreceived {total}\nduplicates {duplicates}\nlost {lost}\nreconnects \
+         {reconnects}\ntime {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     if lost > 0 {
         let missing: Vec<usize> = (0..sent).filter(|i| counts[*i] == 0).take(20).collect();
         eprintln!("demo: missing (first 20): {missing:?}");
@@ -513,6 +514,8 @@ impl Demo {
                     Event::SessionLost => {
                         format!("{name}: the broker forgot the session; carrying on")
                     }
+                    // autopaho reports some drops without their error (see the report).
+                    Event::Disconnected { error: None } => format!("{name}: link closed"),
                     _ => continue,
                 };
                 print_line(plain, started, &line);
