@@ -320,6 +320,11 @@ impl Common {
             .clean_start(!self.persistent())
             .keep_alive(Duration::from_secs(u64::from(self.keepalive)))
             .manual_acks(manual_acks);
+        if manual_acks && self.session_dir.is_some() {
+            // sub's durable mode: one unfinished delivery at a time, so that what a kill can
+            // leave printed but not yet acknowledged (and so printed again) is one message.
+            o = o.receive_maximum(1);
+        }
         if let Some(u) = self.username.as_ref().or(target.username.as_ref()) {
             o = o.username(u.as_str());
         }

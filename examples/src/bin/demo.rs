@@ -324,12 +324,13 @@ async fn run(args: Args) -> DemoResult<bool> {
     let duplicates = total.saturating_sub(counts.iter().filter(|c| **c > 0).count() as u64);
     let lost = sent - distinct_sent;
     let reconnects = demo.connects.load(Ordering::SeqCst).saturating_sub(2);
-    println!("sent {sent}");
-    println!("received {total}");
-    println!("duplicates {duplicates}");
-    println!("lost {lost}");
-    println!("reconnects {reconnects}");
-    println!("time {:.2}s", started.elapsed().as_secs_f64());
+    // Written without panicking when stdout is gone (`demo | head`).
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "sent {sent}\nreceived {total}\nduplicates {duplicates}\nlost {lost}\nreconnects \
+         {reconnects}\ntime {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     if lost > 0 {
         let missing: Vec<usize> = (0..sent).filter(|i| counts[*i] == 0).take(20).collect();
         eprintln!("demo: missing (first 20): {missing:?}");
@@ -513,6 +514,8 @@ impl Demo {
                     Event::SessionLost => {
                         format!("{name}: the broker forgot the session; carrying on")
                     }
+                    // autopaho reports some drops without their error (see the report).
+                    Event::Disconnected { error: None } => format!("{name}: link closed"),
                     _ => continue,
                 };
                 print_line(plain, started, &line);
@@ -652,7 +655,6 @@ impl Demo {
             let _ = q.close().await;
         }
         self.net.open[PUB].store(true, Ordering::SeqCst);
-        // The store's lock is released once its writer thread has gone: retry briefly.
         let mut tries = 0;
         loop {
             match self.open_publisher().await {
@@ -664,7 +666,9 @@ impl Demo {
                     ));
                     return Ok(p);
                 }
-                Err(e) if tries < 100 && e.contains("lock") => {
+                // A FileStore or FileQueue lets go of its directory lock when its I/O thread
+                // has ended, just after the last handle went.
+                Err(e) if tries < 100 && (e.contains("lock") || e.contains("already open")) => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

@@ -22,8 +22,10 @@ follow mosquitto_sub (-V mqttv5 is accepted and ignored: it always speaks MQTT v
 inbound QoS 2 state, so that a QoS 2 message the broker sends again after a reconnect or a \
 restart of sub is never printed twice; sub reconnects by itself, and subscribes again when the \
 broker has forgotten the session. One window remains that no client can close: a kill after a \
-message is printed and before its acknowledgement is stored (sub acknowledges right after the \
-one write that prints it) prints it again on the next run. Without --session-dir, -c still \
+message is printed and before its acknowledgement is stored prints it again on the next run. \
+sub acknowledges right after the one write that prints a message, and with --session-dir it \
+announces Receive Maximum 1, so that a broker sends one QoS 1/2 message at a time and the \
+window is one message (a broker that ignores Receive Maximum widens it). Without --session-dir, -c still \
 reconnects with the session in memory while the process lives.";
 
 const EXIT_CODES: &str = "\
@@ -197,8 +199,8 @@ async fn run(args: Args) -> Result<(), Fail> {
             args.count,
             args.no_retained,
         );
-        let mut buf = Vec::new();
-        let buf = Mutex::new(std::mem::take(&mut buf));
+        // One buffer, reused: each message is rendered, then written with one write.
+        let buf = Mutex::new(Vec::new());
         mgr.add_on_publish_received(move |m| {
             if no_retained && m.retain() {
                 m.ack();
