@@ -249,7 +249,9 @@ impl ConnectionManager {
                     .map(|e| (e.seq(), e.dropped().iter().map(|d| d.seq()).collect()))
             })
         });
-        let qd = Arc::clone(&queue);
+        // Weak: the handles must not keep the queue open after the manager has stopped (an
+        // application that closes a `FileQueue` takes it back with `Arc::try_unwrap`).
+        let qd = Arc::downgrade(&queue);
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: watch::channel(ConnectionState::Connecting).0,
@@ -263,7 +265,7 @@ impl ConnectionManager {
             stop: stop.clone(),
             done: watch::channel(None).0,
             counters: Counters::default(),
-            queue_depth: Box::new(move || (qd.len(), qd.bytes())),
+            queue_depth: Box::new(move || qd.upgrade().map_or((0, 0), |q| (q.len(), q.bytes()))),
         });
         tokio::spawn(manager::run(
             Arc::clone(&shared),
@@ -311,7 +313,11 @@ impl ConnectionManager {
         Ok(c.reauthenticate().await?)
     }
 
-    /// The events since this call (see [`Event`]).
+    /// The events from this call on (see [`Event`]); a receiver sees only what happens after
+    /// it was made. The first connection attempt starts at once in the background, so take
+    /// the receiver right after [`start`](ConnectionManager::start), before awaiting
+    /// anything, and look at [`state`](ConnectionManager::state) for where the manager
+    /// already is.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.shared.events.subscribe()
     }
