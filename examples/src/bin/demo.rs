@@ -196,7 +196,8 @@ fn print_line(plain: bool, started: Instant, line: &str) {
     let _ = if plain {
         writeln!(out, "[{t:6.2}s] {line}")
     } else {
-        writeln!(out, "\x1b[2m[{t:6.2}s]\x1b[0m {line}")
+        // Clear the progress bar's line first; the bar is drawn again on the next progress.
+        writeln!(out, "\r\x1b[2K\x1b[2m[{t:6.2}s]\x1b[0m {line}")
     };
     let _ = out.flush();
 }
@@ -429,11 +430,25 @@ impl Demo {
         Ok(sent)
     }
 
+    /// Plain lines when stdout is not a terminal; on a terminal, a bar of the messages
+    /// received, redrawn in place.
     fn progress(&self, sent: usize, n: usize) {
-        self.say(&format!(
-            "progress: sent {sent}/{n}, received {}",
-            self.received.distinct.load(Ordering::SeqCst)
-        ));
+        let received = self.received.distinct.load(Ordering::SeqCst);
+        if self.plain {
+            self.say(&format!("progress: sent {sent}/{n}, received {received}"));
+            return;
+        }
+        const WIDTH: usize = 40;
+        let received = usize::try_from(received).unwrap_or(usize::MAX);
+        let filled = (received.min(n) * WIDTH) / n.max(1);
+        let mut out = std::io::stdout().lock();
+        let _ = write!(
+            out,
+            "\r\x1b[2K[{}{}] received {received}/{n}, sent {sent}",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled)
+        );
+        let _ = out.flush();
     }
 
     async fn send(&self, p: &Publisher, i: usize) -> DemoResult<()> {
