@@ -279,9 +279,12 @@ const ORIGIN_MAGIC: &[u8; 8] = b"PAHOORG1";
 /// The store value of an outgoing PUBLISH: the encoded packet, followed, for a message that
 /// came from an outgoing queue, by `ORIGIN_MAGIC` and the queue entry's number (u64, little
 /// endian). The packet's own length says where it ends, so the trailer is never ambiguous.
-fn encode_stored(p: &Publish, origin: Option<u64>) -> Result<Bytes, Error> {
+///
+/// It takes the packet by reference (callers wrap their PUBLISH and take it back out), so that
+/// encoding it costs no clone of the message.
+fn encode_stored(packet: &Packet, origin: Option<u64>) -> Result<Bytes, Error> {
     let mut buf = BytesMut::new();
-    Packet::Publish(p.clone()).encode(&mut buf)?;
+    packet.encode(&mut buf)?;
     if let Some(o) = origin {
         buf.extend_from_slice(ORIGIN_MAGIC);
         buf.extend_from_slice(&o.to_le_bytes());
@@ -666,7 +669,12 @@ impl Session {
                     // Back to "PUBLISH stored": if the process dies before PUBREC, a restart
                     // must republish it, not resend a PUBREL that the new server session would
                     // answer with 0x92 (taken as success).
-                    match encode_stored(&p, out.origin) {
+                    let packet = Packet::Publish(p);
+                    let value = encode_stored(&packet, out.origin);
+                    let Packet::Publish(p) = packet else {
+                        continue;
+                    };
+                    match value {
                         Ok(value) => {
                             out.state = OutState::Pubrec(p);
                             self.actions.push_back(Action::Store(StoreOp::Put {
@@ -951,7 +959,12 @@ impl Session {
                 completer.complete(Err(e));
                 continue;
             }
-            let value = match encode_stored(&publish, origin) {
+            let packet = Packet::Publish(publish);
+            let value = encode_stored(&packet, origin);
+            let Packet::Publish(publish) = packet else {
+                break;
+            };
+            let value = match value {
                 Ok(v) => v,
                 Err(e) => {
                     self.ids.free(id);
@@ -1162,8 +1175,13 @@ impl Session {
                     // PUBLISH, the kind says PUBREL): if the server forgets the session before
                     // PUBCOMP, it may never have released the message, and it must be
                     // republished, even by a restarted process.
-                    let value = encode_stored(&p, out.origin)?;
+                    let packet = Packet::Publish(p);
+                    let value = encode_stored(&packet, out.origin);
+                    let Packet::Publish(p) = packet else {
+                        return Ok(());
+                    };
                     out.state = OutState::Pubcomp(Some(p));
+                    let value = value?;
                     self.actions.push_back(Action::Store(StoreOp::Put {
                         key: Key::Outbound(id),
                         kind: EntryKind::PubRel,
