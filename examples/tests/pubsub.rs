@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use paho_testserver::mosquitto::Mosquitto;
@@ -41,7 +41,9 @@ impl Broker {
         self.m.port().to_string()
     }
 
-    /// Waits until mosquitto's log holds `needle` at least `n` times.
+    /// Waits until mosquitto's log holds `needle` at least `n` times. This one polls: the
+    /// harness captures mosquitto's stderr into a buffer with no change signal, and mosquitto
+    /// runs outside any clock a test could pause.
     fn wait_log(&self, needle: &str, n: usize) {
         let start = Instant::now();
         while self.m.log().matches(needle).count() < n {
@@ -62,23 +64,59 @@ impl Broker {
 /// A child whose stdout (and stderr) are collected in the background.
 struct Running {
     child: Child,
-    out: Arc<Mutex<String>>,
-    err: Arc<Mutex<String>>,
+    out: Arc<Captured>,
+    err: Arc<Captured>,
 }
 
-fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
+/// What a child wrote to one of its pipes, with a signal on every change (no polling).
+#[derive(Default)]
+struct Captured {
+    /// The text so far, and whether the pipe reached EOF.
+    state: Mutex<(String, bool)>,
+    changed: Condvar,
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        self.state.lock().unwrap().0.clone()
+    }
+
+    /// Waits until `pred` holds for the text (or, with `eof`, until the pipe closed), for
+    /// at most the hang guard.
+    fn wait(&self, eof: bool, pred: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + GUARD;
+        let mut g = self.state.lock().unwrap();
+        loop {
+            if (!eof && pred(&g.0)) || (eof && g.1) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(g.0.clone());
+            }
+            g = self.changed.wait_timeout(g, left).unwrap().0;
+        }
+    }
+}
+
+fn collect(r: impl Read + Send + 'static) -> Arc<Captured> {
+    let buf = Arc::new(Captured::default());
     let b = Arc::clone(&buf);
     std::thread::spawn(move || {
         let mut r = r;
         let mut chunk = [0u8; 8192];
         loop {
-            match r.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => b
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n])),
+            let n = r.read(&mut chunk).unwrap_or(0);
+            let mut g = b.state.lock().unwrap();
+            if n == 0 {
+                g.1 = true;
+            } else {
+                g.0.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+            drop(g);
+            b.changed.notify_all();
+            if n == 0 {
+                break;
             }
         }
     });
@@ -100,60 +138,36 @@ fn spawn(program: &str, args: &[&str], stdin: Stdio) -> Running {
 
 impl Running {
     fn wait_out(&self, pred: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        while !pred(&self.out.lock().unwrap()) {
-            assert!(
-                start.elapsed() < GUARD,
-                "stuck; stdout:\n{}\nstderr:\n{}",
-                self.out.lock().unwrap(),
-                self.err.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        if let Err(out) = self.out.wait(false, pred) {
+            panic!("stuck; stdout:\n{out}\nstderr:\n{}", self.err.text());
         }
     }
 
     fn wait_err_lines(&self, prefix: &str, n: usize) {
-        let start = Instant::now();
-        while self
-            .err
-            .lock()
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .count()
-            < n
-        {
-            assert!(
-                start.elapsed() < GUARD,
-                "stuck; stderr:\n{}",
-                self.err.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        let enough = |t: &str| t.lines().filter(|l| l.starts_with(prefix)).count() >= n;
+        if let Err(err) = self.err.wait(false, enough) {
+            panic!("stuck; stderr:\n{err}");
         }
     }
 
-    /// Waits for the exit (hang guard) and returns the code and stdout.
+    /// Waits for the exit (hang guard) and returns the code, stdout and stderr. Both pipes
+    /// reach EOF when the child exits, so that is what it waits for.
     fn finish(mut self) -> (Option<i32>, String, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > GUARD {
-                self.child.kill().unwrap();
-                panic!(
-                    "did not exit; stdout:\n{}\nstderr:\n{}",
-                    self.out.lock().unwrap(),
-                    self.err.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        // The readers end at EOF, which follows the exit.
-        std::thread::sleep(Duration::from_millis(50));
-        let out = self.out.lock().unwrap().clone();
-        let err = self.err.lock().unwrap().clone();
-        (status.code(), out, err)
+        let closed = self
+            .out
+            .wait(true, |_| true)
+            .and(self.err.wait(true, |_| true));
+        if closed.is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!(
+                "did not exit; stdout:\n{}\nstderr:\n{}",
+                self.out.text(),
+                self.err.text()
+            );
+        }
+        let status = self.child.wait().unwrap();
+        (status.code(), self.out.text(), self.err.text())
     }
 }
 
@@ -304,14 +318,15 @@ fn killed_and_resumed(restart: bool) {
     let mut stdin = first.child.stdin.take().unwrap();
     let input: String = (0..3000).map(|i| format!("line-{i}\n")).collect();
     let writer = std::thread::spawn(move || {
-        // Fails once the child is killed: fine.
+        // Fails once the child is killed: fine. The pipe is handed back, still open, so that
+        // the child sees no EOF before the kill.
         let _ = stdin.write_all(input.as_bytes());
-        std::thread::sleep(GUARD); // keep stdin open: no EOF before the kill
+        stdin
     });
     first.wait_err_lines("queued ", 400);
     first.child.kill().unwrap(); // SIGKILL
     let (_, _, err) = first.finish();
-    drop(writer);
+    drop(writer.join());
     let queued = err.lines().filter(|l| l.starts_with("queued ")).count();
     assert!(queued >= 400);
     if restart {
@@ -689,7 +704,7 @@ fn sub_with_session_dir_survives_sigkill_and_resubscribes_after_a_broker_restart
         let got: HashSet<&str> = out1.lines().chain(o.lines()).collect();
         (0..300).all(|i| got.contains(i.to_string().as_str()))
     });
-    let printed = out1.lines().count() + second.out.lock().unwrap().lines().count();
+    let printed = out1.lines().count() + second.out.text().lines().count();
     assert!(
         printed <= 301,
         "{printed} lines for 300 messages: more than the one-message window"
@@ -703,11 +718,7 @@ fn sub_with_session_dir_survives_sigkill_and_resubscribes_after_a_broker_restart
         Some(0)
     );
     second.wait_out(|o| o.lines().any(|l| l == "after"));
-    assert!(second
-        .err
-        .lock()
-        .unwrap()
-        .contains("session present: false"));
+    assert!(second.err.text().contains("session present: false"));
     let mut second = second;
     second.child.kill().unwrap();
     second.finish();
