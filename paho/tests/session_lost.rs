@@ -29,6 +29,15 @@ async fn open(dir: &std::path::Path, policy: SessionLostPolicy) -> SessionHandle
     SessionHandle::restore(config, store).await.unwrap()
 }
 
+/// The restarted client's CONNECT: the same client id, resuming its session.
+fn resume_options() -> paho::ConnectOptions {
+    options()
+        .client_id("restarted")
+        .clean_start(false)
+        .build()
+        .unwrap()
+}
+
 /// The first process: three messages stored and sent to a server that acknowledges none of
 /// them but the PUBREC of the third. Then it "dies" (its store closed, nothing completed).
 async fn first_process(dir: &std::path::Path) {
@@ -38,11 +47,7 @@ async fn first_process(dir: &std::path::Path) {
         peer.accept(ConnAck::default()).await;
         peer
     });
-    let opts = options()
-        .client_id("restarted")
-        .clean_start(false)
-        .build()
-        .unwrap();
+    let opts = resume_options();
     let (client, incoming) = Client::connect(io, opts, session.clone()).await.unwrap();
     let mut peer = server.await.unwrap();
     let handles = [
@@ -90,11 +95,7 @@ async fn a_restart_that_meets_session_present_0_republishes_everything_to_mosqui
         // The second process: mosquitto never saw this client id, so Session Present = 0.
         let session = open(dir.path(), SessionLostPolicy::Republish).await;
         let tcp = TcpStream::connect(m.addr()).await.unwrap();
-        let opts = options()
-            .client_id("restarted")
-            .clean_start(false)
-            .build()
-            .unwrap();
+        let opts = resume_options();
         let (client, _incoming) = Client::connect(tcp, opts, session.clone()).await.unwrap();
         assert!(!client.session_present());
         let mut got = Vec::new();
@@ -137,11 +138,7 @@ async fn under_fail_a_restart_hands_the_messages_to_the_application() {
         first_process(dir.path()).await;
         let session = open(dir.path(), SessionLostPolicy::Fail).await;
         let tcp = TcpStream::connect(m.addr()).await.unwrap();
-        let opts = options()
-            .client_id("restarted")
-            .clean_start(false)
-            .build()
-            .unwrap();
+        let opts = resume_options();
         let (client, _incoming) = Client::connect(tcp, opts, session.clone()).await.unwrap();
         client.disconnect_normally().await.unwrap();
         let back: Vec<Bytes> = session
