@@ -21,6 +21,8 @@
 //! - [`raw::RawClient`]: a packet-level client that does nothing on its own, for scripting
 //!   the client side in tests.
 //! - [`mosquitto`]: spawn a real mosquitto on a free loopback port; the skip/require rule.
+//! - [`proxy::Proxy`]: a seeded fault-injecting proxy (TCP or in-memory) between clients and
+//!   a broker: random cuts, delay, 1-byte writes, half-open blackholes, one-way closes.
 //! - [`Error`]: the crate's one error type.
 //!
 //! Internally, `broker` holds the shared state (sessions, retained messages, routing) under
@@ -89,6 +91,7 @@ mod error;
 mod events;
 mod faults;
 pub mod mosquitto;
+pub mod proxy;
 pub mod raw;
 mod server;
 
