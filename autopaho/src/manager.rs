@@ -191,22 +191,29 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
         // The message the pump is handing over, kept outside its future: the `select!` below
         // may drop the pump at any await (see `settle_handover`).
         let mut handing: Option<(u64, PublishHandle)> = None;
+        // Kept outside the `select!` too: messages still queued in it when the link closes
+        // have been delivered as far as the session knows (a QoS 2 one is not delivered
+        // again when the server resends it), so they must reach the handlers; dropping it
+        // would acknowledge and discard them (see `dispatch`).
+        let mut incoming = incoming;
         let end = tokio::select! {
             _ = client.closed() => End::Closed,
             e = pump(shared, &client, &*queue, &mut handing) => End::Fatal(e),
             // The messages end when the connection does; `closed` says why.
-            () = dispatch(shared, incoming) => End::Closed,
+            () = dispatch(shared, &mut incoming) => End::Closed,
             () = stopped(stop) => End::Stop,
         };
         shared.client.send_replace(None);
         let end_result = match end {
             End::Stop => {
                 let _ = client.disconnect((config.on_disconnect)()).await;
+                dispatch(shared, &mut incoming).await;
                 shared.emit(Event::Disconnected { error: None });
                 Some(Ok(()))
             }
             End::Fatal(e) => {
                 let _ = client.disconnect((config.on_disconnect)()).await;
+                dispatch(shared, &mut incoming).await;
                 shared.emit(Event::Disconnected {
                     error: Some(e.clone()),
                 });
@@ -216,6 +223,7 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
                 // Also waits until the connection's task has let the session go, so that the
                 // next connect finds it free at once.
                 let error = client.closed().await.err().map(Error::Client);
+                dispatch(shared, &mut incoming).await;
                 tracing::info!(error = ?error, "connection closed");
                 shared.emit(Event::Disconnected {
                     error: error.clone(),
@@ -284,7 +292,10 @@ async fn resubscribe(shared: &Shared, client: &Client) {
     }
 }
 
-async fn dispatch(shared: &Shared, mut incoming: paho::Incoming) {
+/// Hands the received messages to the handlers until the connection has closed and every
+/// message it received was taken. Cancel safe between messages. After the connection's end
+/// it is called again to drain what the `select!` left queued.
+async fn dispatch(shared: &Shared, incoming: &mut paho::Incoming) {
     while let Some(m) = incoming.recv().await {
         shared.dispatch(&m);
     }
