@@ -1,6 +1,7 @@
 //! The connection manager against real mosquitto processes spawned by the tests: failover
-//! from a killed first server to a second, restarts with and without persistence while
-//! QoS 1 and 2 messages are in flight, shared subscriptions over two managers, and mutual
+//! from a killed first server to a second, restarts without persistence while
+//! QoS 1 and 2 messages are in flight (with persistence: `campaign_cuts.rs`), shared
+//! subscriptions over two managers, and mutual
 //! TLS with a reconnect.
 //!
 //! mosquitto runs outside tokio's clock, so these tests run on real time. They never assert
@@ -509,98 +510,10 @@ async fn fails_over_to_the_second_mosquitto_when_the_first_is_killed() {
 
 // ---------------------------------------------------- 2. restarts with persistence, in flight
 
-/// mosquitto with persistence restarted (SIGTERM: it saves its state) twice while 2,000
-/// QoS 1 and 2 messages are in flight: both managers resume their sessions (Session
-/// Present = 1), every outcome resolves successfully, the persistent subscriber gets every
-/// message, and no QoS 2 message twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_mosquitto_restarted_twice_with_qos1_and_qos2_in_flight_loses_nothing() {
-    bounded(async {
-        let Some(b) = broker() else { return };
-        const N: u32 = 2000;
-        let mut m = start(b.persistence(true)).await;
-        let u = url(&m);
-        let (sub, inbox) = subscriber(&u, "persist-sub", "p/#", QoS::ExactlyOnce).await;
-        let mut publisher = Publisher::start(config(&[&u], "persist-pub"));
-        let _ = publisher.mgr.await_connection().await.unwrap();
-        let mut pub_events = publisher.mgr.events();
-        let mut sub_events = sub.events();
-
-        publisher.queue("p/m", 0..N, None).await;
-        let mut restarts = Vec::new();
-        for at in [N / 4, N / 2] {
-            wait_until(
-                "progress before a restart",
-                || inbox.distinct() >= at as usize,
-                || format!("{} received", inbox.distinct()),
-            )
-            .await;
-            let (received, resolved) = (inbox.distinct(), publisher.outcomes.lock().unwrap().len());
-            m.restart().await.unwrap();
-            restarts.push((received, resolved));
-            // Both come back to the session the broker kept.
-            for (events, who) in [(&mut pub_events, "publisher"), (&mut sub_events, "sub")] {
-                let e = next_event(events, "a reconnect", |e| {
-                    matches!(e, Event::Connected { .. } | Event::SessionLost)
-                })
-                .await;
-                match e {
-                    Event::Connected { connack, .. } => {
-                        assert!(connack.session_present, "{who}: the session was persisted");
-                    }
-                    _ => panic!("{who}: session lost despite persistence"),
-                }
-            }
-        }
-        publisher
-            .wait_outcomes(0..N, 2 * STRANDED_PER_LINK_LOSS)
-            .await;
-        wait_until(
-            "every message at the subscriber",
-            || inbox.has_all(0..N),
-            || {
-                let o = publisher.outcomes.lock().unwrap();
-                let missing: Vec<_> = inbox
-                    .missing(0..N)
-                    .into_iter()
-                    .map(|i| (i, o.get(&i).cloned()))
-                    .collect();
-                format!(
-                    "missing (with their outcomes) {missing:?}; log: {}",
-                    m.log()
-                )
-            },
-        )
-        .await;
-        // Late duplicates would come now, if any.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let counts = inbox.counts();
-        let dup2 = duplicates(&counts, QoS::ExactlyOnce);
-        assert!(dup2.is_empty(), "QoS 2 received twice: {dup2:?}");
-        let dup1 = duplicates(&counts, QoS::AtLeastOnce);
-        assert!(
-            restarts
-                .iter()
-                .all(|(r, o)| *r < N as usize && *o < N as usize),
-            "a restart came after everything had completed: {restarts:?}"
-        );
-        let connects = publisher.mgr.stats().connects;
-        let report = publisher.finish().await;
-        report.check(2 * STRANDED_PER_LINK_LOSS, |i| counts.contains_key(&i));
-        eprintln!(
-            "persistence: {N} queued (QoS 1 and 2 alternating), 2 restarts at (received, \
-             outcomes resolved) {restarts:?}; outcomes successful {}, stranded (bug) {:?}; \
-             {} distinct received, QoS 1 duplicates {}, QoS 2 duplicates 0; publisher \
-             connects {connects}",
-            report.outcomes.len(),
-            report.stranded,
-            counts.len(),
-            dup1.len(),
-        );
-        sub.disconnect().await.unwrap();
-    })
-    .await;
-}
+// mosquitto with persistence restarted twice while QoS 1 and 2 messages flow is scenario 3 of
+// the reliability campaign, now in `campaign_cuts.rs`
+// (`persistent_mosquitto_restarted_twice_under_cuts_loses_nothing`: the same traffic through a
+// proxy that also cuts every connection every 50-500 ms).
 
 // -------------------------------------------------- 3. restarts without persistence (SP = 0)
 
