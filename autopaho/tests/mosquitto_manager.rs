@@ -1,8 +1,7 @@
 //! The connection manager against real mosquitto processes spawned by the tests: failover
-//! from a killed first server to a second, restarts without persistence while
-//! QoS 1 and 2 messages are in flight (with persistence: `campaign_cuts.rs`), shared
-//! subscriptions over two managers, and mutual
-//! TLS with a reconnect.
+//! from a killed first server to a second, restarts without persistence while QoS 1 and 2
+//! messages are in flight (with persistence: the campaign's `campaign_cuts.rs`), shared
+//! subscriptions over two managers, and mutual TLS with a reconnect.
 //!
 //! mosquitto runs outside tokio's clock, so these tests run on real time. They never assert
 //! on durations: waits are polls bounded by a deadline that only a hang reaches, and the
