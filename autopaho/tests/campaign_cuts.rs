@@ -11,7 +11,9 @@
 //! mosquitto runs on the real clock, so these tests do too. They never assert on durations:
 //! the only bound is a hang guard that fires when nothing has progressed for
 //! [`STALL`]. Skips with a notice when mosquitto is absent, unless
-//! `PAHO_REQUIRE_MOSQUITTO=1`. `PAHO_CAMPAIGN_LONG=1` runs ten times the messages.
+//! `PAHO_REQUIRE_MOSQUITTO=1`. `PAHO_CAMPAIGN_LONG=1` runs ten times the messages;
+//! `CAMPAIGN_PER_QOS=N` sets scenario 1's messages per QoS (for quick runs while breaking
+//! things on purpose).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod campaign;
