@@ -255,8 +255,8 @@ pub fn parse_publish(first: u8, body: &[u8]) -> Result<PublishView<'_>, WireErro
 pub struct PublishTemplate {
     /// The encoded packet.
     pub bytes: Vec<u8>,
-    /// Offset of the packet id (QoS 1/2).
-    pub packet_id_at: usize,
+    /// Offset of the packet id (QoS 1/2 only).
+    pub packet_id_at: Option<usize>,
     /// Offset of the payload.
     pub payload_at: usize,
 }
@@ -266,9 +266,9 @@ impl PublishTemplate {
     pub fn new(qos: u8, size: usize) -> PublishTemplate {
         let mut body = Vec::with_capacity(size + 16);
         put_str(&mut body, TOPIC.as_bytes());
-        let mut packet_id_at = 0;
+        let mut packet_id_at = None;
         if qos > 0 {
-            packet_id_at = body.len();
+            packet_id_at = Some(body.len());
             body.extend_from_slice(&[0, 1]);
         }
         body.push(0);
@@ -281,7 +281,7 @@ impl PublishTemplate {
         bytes.extend_from_slice(&body);
         PublishTemplate {
             bytes,
-            packet_id_at: head + packet_id_at,
+            packet_id_at: packet_id_at.map(|p| head + p),
             payload_at: head + payload_in_body,
         }
     }
@@ -290,9 +290,8 @@ impl PublishTemplate {
     pub fn put(&self, buf: &mut Vec<u8>, packet_id: u16, number: u64, stamp: u64) {
         let at = buf.len();
         buf.extend_from_slice(&self.bytes);
-        if self.packet_id_at != 0 {
-            buf[at + self.packet_id_at..at + self.packet_id_at + 2]
-                .copy_from_slice(&packet_id.to_be_bytes());
+        if let Some(i) = self.packet_id_at {
+            buf[at + i..at + i + 2].copy_from_slice(&packet_id.to_be_bytes());
         }
         let p = at + self.payload_at;
         buf[p..p + 8].copy_from_slice(&number.to_le_bytes());
@@ -361,7 +360,7 @@ mod tests {
 
     #[test]
     fn connack_receive_maximum_is_read_past_other_properties() {
-        let body = [0u8, 0, 11, 0x22, 0, 10, 0x24, 1, 0x21, 0, 100, 0x25, 1];
+        let body = [0u8, 0, 10, 0x22, 0, 10, 0x24, 1, 0x21, 0, 100, 0x25, 1];
         assert_eq!(parse_connack(&body).unwrap(), 100);
         assert_eq!(parse_connack(&[0, 0, 0]).unwrap(), u16::MAX);
         assert!(matches!(parse_connack(&[0, 0x87, 0]), Err(WireError::Refused(0x87))));
