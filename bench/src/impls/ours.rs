@@ -204,7 +204,14 @@ pub async fn connect_many(addr: SocketAddr, n: usize, batch: usize) -> Result<Ve
     for start in (0..n).step_by(batch) {
         let mut set = tokio::task::JoinSet::new();
         for k in start..(start + batch).min(n) {
-            let cfg = config(addr, &format!("ours-c{k}"))?;
+            // Its defaults, as an idle client would have them.
+            let options = ConnectOptions::builder()
+                .client_id(format!("ours-c{k}"))
+                .keep_alive(Duration::from_secs(60))
+                .build()?;
+            let cfg = ManagerConfig::builder(Servers::parse([format!("mqtt://{addr}")])?)
+                .connect_options(options)
+                .build()?;
             set.spawn(async move {
                 let mgr = ConnectionManager::start_in_memory(cfg, SessionConfig::new());
                 mgr.await_connection().await.map(|_| mgr)
