@@ -47,7 +47,10 @@ pub fn main(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         (Ok(_), None) => {
-            eprintln!("paho-bench child {}: the window was never measured", job.imp);
+            eprintln!(
+                "paho-bench child {}: the window was never measured",
+                job.imp
+            );
             ExitCode::FAILURE
         }
         (Err(e), _) => {

@@ -105,8 +105,14 @@ mod tests {
     #[test]
     fn server_urls_resolve() {
         let c = Cli::parse_from(["paho-bench", "--server", "mqtt://127.0.0.1:1999"]);
-        assert_eq!(c.server_addr().unwrap(), Some("127.0.0.1:1999".parse().unwrap()));
+        assert_eq!(
+            c.server_addr().unwrap(),
+            Some("127.0.0.1:1999".parse().unwrap())
+        );
         let c = Cli::parse_from(["paho-bench", "--server", "127.0.0.1"]);
-        assert_eq!(c.server_addr().unwrap(), Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(
+            c.server_addr().unwrap(),
+            Some("127.0.0.1:1883".parse().unwrap())
+        );
     }
 }

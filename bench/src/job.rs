@@ -446,7 +446,10 @@ mod tests {
         t.record(&wire::payload(16, 99, 0));
         t.record(&wire::payload(16, FENCE, 0));
         let c = t.counts();
-        assert_eq!((c.distinct, c.lost(4), c.dup, c.bad, c.fence), (3, 1, 1, 2, true));
+        assert_eq!(
+            (c.distinct, c.lost(4), c.dup, c.bad, c.fence),
+            (3, 1, 1, 2, true)
+        );
     }
 
     #[test]

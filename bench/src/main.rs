@@ -34,6 +34,8 @@
 //! implementations, checking the delivery counts, and that a loss is flagged. Timings
 //! belong in the benchmark, never in tests.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod child;
 mod cli;
 mod impls;

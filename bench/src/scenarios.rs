@@ -129,8 +129,11 @@ impl Runner {
     }
 
     fn n(&self, full: u64) -> u64 {
-        self.messages
-            .unwrap_or(if self.quick { (full / 5).max(100) } else { full })
+        self.messages.unwrap_or(if self.quick {
+            (full / 5).max(100)
+        } else {
+            full
+        })
     }
 
     async fn broker(&mut self) -> Result<SocketAddr, String> {
@@ -196,7 +199,11 @@ impl Runner {
         for qos in 0..=2u8 {
             for &size in sizes {
                 // Receive Maximum does not apply to QoS 0: one cell.
-                let rms: &[u16] = if qos == 0 { &[u16::MAX] } else { &[100, u16::MAX] };
+                let rms: &[u16] = if qos == 0 {
+                    &[u16::MAX]
+                } else {
+                    &[100, u16::MAX]
+                };
                 for &rm in rms {
                     let quick_cell = matches!(
                         (qos, size, rm),
@@ -206,10 +213,10 @@ impl Runner {
                         continue;
                     }
                     let n = match (qos, size) {
-                        (0, 16) => 1_000_000,
-                        (0, _) => 500_000,
-                        (1, _) => 300_000,
-                        _ => 200_000,
+                        (0, 16) => 300_000,
+                        (0, _) => 200_000,
+                        (1, _) => 100_000,
+                        _ => 60_000,
                     };
                     let mut c = self.cell_of("sink", qos, size, n);
                     c.rm = Some(rm);
@@ -231,11 +238,10 @@ impl Runner {
                     continue;
                 }
                 let n = match (qos, size) {
-                    (_, 65_536) => 5_000,
-                    (0, 16) => 200_000,
-                    (0, _) => 100_000,
-                    (1, _) => 60_000,
-                    _ => 30_000,
+                    (_, 65_536) => 3_000,
+                    (0, _) => 30_000,
+                    (1, _) => 20_000,
+                    _ => 15_000,
                 };
                 cells.push(self.cell_of("mosquitto", qos, size, n));
             }
@@ -249,7 +255,7 @@ impl Runner {
             imp: Impl::Ours,
             storage,
         };
-        let mut store = self.cell_of("durable", 1, 16, 20_000);
+        let mut store = self.cell_of("durable", 1, 16, 10_000);
         store.label = "QoS 1, 16 B, session store".into();
         store.rows = vec![
             ours("ours MemoryStore", Storage::Memory),
@@ -257,7 +263,7 @@ impl Runner {
             Row::plain(Impl::Rumqttc),
             Row::plain(Impl::Raw),
         ];
-        let mut queue = self.cell_of("durable", 1, 16, 10_000);
+        let mut queue = self.cell_of("durable", 1, 16, 2_000);
         queue.label = "QoS 1, 16 B, publish_via_queue".into();
         queue.rows = vec![
             ours("ours MemoryQueue", Storage::MemoryQueue),
@@ -384,7 +390,11 @@ impl Runner {
             rate: cell.rate,
             clients: cell.clients,
             dir: dir.as_ref().map(|d| d.path().to_path_buf()),
-            drop_every: if row.imp == Impl::Raw { self.drop_every } else { 0 },
+            drop_every: if row.imp == Impl::Raw {
+                self.drop_every
+            } else {
+                0
+            },
         };
         let child = Command::new(&self.exe)
             .arg("child")
@@ -460,7 +470,10 @@ fn summary(cell: &Cell, r: &Report) -> String {
         ),
     };
     if let Some(p) = r.get("p99_us") {
-        s.push_str(&format!(", p50 {:.0} µs, p99 {p:.0} µs", r.get("p50_us").unwrap_or(0.0)));
+        s.push_str(&format!(
+            ", p50 {:.0} µs, p99 {p:.0} µs",
+            r.get("p50_us").unwrap_or(0.0)
+        ));
     }
     if let Some(l) = r.get("lost") {
         s.push_str(&format!(", lost {l}, dup {}", r.get("dup").unwrap_or(0.0)));
@@ -483,7 +496,10 @@ pub fn check(cell: &Cell, r: &Report) -> Vec<String> {
     }
     let (lost, dup, bad) = (get("lost"), get("dup"), get("bad"));
     if cell.qos >= 1 && lost > 0 {
-        v.push(format!("{lost} of {} QoS {} messages lost", cell.n, cell.qos));
+        v.push(format!(
+            "{lost} of {} QoS {} messages lost",
+            cell.n, cell.qos
+        ));
     }
     if cell.qos != 1 && dup > 0 {
         v.push(format!("{dup} QoS {} messages duplicated", cell.qos));

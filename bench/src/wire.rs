@@ -66,7 +66,9 @@ pub fn get_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
             return Ok(Some((n, i + 1)));
         }
     }
-    Err(WireError::Malformed("variable byte integer longer than 4 bytes"))
+    Err(WireError::Malformed(
+        "variable byte integer longer than 4 bytes",
+    ))
 }
 
 /// One complete packet at the start of `buf`: its first byte, where its body starts and its
@@ -234,7 +236,9 @@ pub fn parse_publish(first: u8, body: &[u8]) -> Result<PublishView<'_>, WireErro
     let mut i = 2 + tlen;
     let mut packet_id = 0;
     if qos > 0 {
-        let b = body.get(i..i + 2).ok_or(WireError::Malformed("short PUBLISH"))?;
+        let b = body
+            .get(i..i + 2)
+            .ok_or(WireError::Malformed("short PUBLISH"))?;
         packet_id = u16::from_be_bytes([b[0], b[1]]);
         i += 2;
     }
@@ -363,7 +367,10 @@ mod tests {
         let body = [0u8, 0, 10, 0x22, 0, 10, 0x24, 1, 0x21, 0, 100, 0x25, 1];
         assert_eq!(parse_connack(&body).unwrap(), 100);
         assert_eq!(parse_connack(&[0, 0, 0]).unwrap(), u16::MAX);
-        assert!(matches!(parse_connack(&[0, 0x87, 0]), Err(WireError::Refused(0x87))));
+        assert!(matches!(
+            parse_connack(&[0, 0x87, 0]),
+            Err(WireError::Refused(0x87))
+        ));
         assert!(parse_connack(&[0, 0, 2, 0x7f, 0]).is_err());
         let c = connack(100);
         let (_, b, _) = frame(&c).unwrap().unwrap();

@@ -1,6 +1,8 @@
 //! CI's only run of the harness: a few hundred messages against the sink for all three
 //! implementations (seconds, no broker needed). It checks delivery counts, not speed.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::process::Command;
 
 fn bench(args: &[&str]) -> (bool, String, String) {
@@ -20,7 +22,11 @@ fn rows(stdout: &str) -> Vec<(String, String, String)> {
     stdout
         .lines()
         .filter(|l| l.starts_with("| QoS"))
-        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>())
+        .map(|l| {
+            l.split('|')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<_>>()
+        })
         // The detailed table has 12 columns (14 fields with the outer bars).
         .filter(|c| c.len() == 14)
         .map(|c| (c[1].clone(), c[2].clone(), c[12].clone()))
@@ -30,10 +36,20 @@ fn rows(stdout: &str) -> Vec<(String, String, String)> {
 #[test]
 fn all_three_deliver_everything_to_the_sink_and_the_docs_section_is_written() {
     let docs = tempfile::tempdir().expect("tempdir");
-    std::fs::write(docs.path().join("BENCHMARKS.md"), "# Benchmarks\n\n## Codec\n").expect("write");
+    std::fs::write(
+        docs.path().join("BENCHMARKS.md"),
+        "# Benchmarks\n\n## Codec\n",
+    )
+    .expect("write");
     let dir = docs.path().to_string_lossy().into_owned();
     let (ok, stdout, stderr) = bench(&[
-        "sink", "--quick", "--messages", "300", "--write-docs", "--docs-dir", &dir,
+        "sink",
+        "--quick",
+        "--messages",
+        "300",
+        "--write-docs",
+        "--docs-dir",
+        &dir,
     ]);
     assert!(ok, "the harness failed:\n{stderr}\n{stdout}");
     let rows = rows(&stdout);
@@ -49,12 +65,17 @@ fn all_three_deliver_everything_to_the_sink_and_the_docs_section_is_written() {
     assert!(md.starts_with("# Benchmarks\n\n## Codec\n"), "{md}");
     assert!(md.contains("## Client benchmark") && md.contains("bench-chart.svg"));
     let svg = std::fs::read_to_string(docs.path().join("bench-chart.svg")).expect("svg");
-    assert_eq!(svg.matches("<rect x=").count() - 3, 12, "one bar per cell and implementation");
+    assert_eq!(
+        svg.matches("<rect x=").count() - 3,
+        12,
+        "one bar per cell and implementation"
+    );
 }
 
 #[test]
 fn a_lost_message_is_flagged_and_fails_the_run() {
-    let (ok, stdout, stderr) = bench(&["sink", "--quick", "--messages", "300", "--drop-every", "50"]);
+    let (ok, stdout, stderr) =
+        bench(&["sink", "--quick", "--messages", "300", "--drop-every", "50"]);
     assert!(!ok, "a run that lost QoS 1/2 messages must fail:\n{stdout}");
     assert!(stderr.contains("VIOLATION"), "{stderr}");
     // 300 messages, every 50th skipped by the raw publisher: 6 lost at QoS 1 and 2.

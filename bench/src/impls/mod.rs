@@ -159,7 +159,10 @@ async fn connections(job: &Job, w: &mut Window) -> Result<Report, BenchError> {
     let mut r = Report::default();
     r.set("msgs", n as f64);
     r.set("conn_per_s", n as f64 / secs);
-    r.set("kib_per_client", rss1.saturating_sub(rss0) as f64 / n as f64);
+    r.set(
+        "kib_per_client",
+        rss1.saturating_sub(rss0) as f64 / n as f64,
+    );
     drop(held);
     Ok(r)
 }

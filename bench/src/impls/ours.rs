@@ -1,8 +1,9 @@
 //! This project's client, used as its documentation shows: an `autopaho`
 //! [`ConnectionManager`] per connection (in-memory session unless the job says otherwise),
 //! and for throughput the [`paho::Client`] it connected, with
-//! [`start_publish`](paho::Client::start_publish) handles kept in a window as large as the
-//! server's Receive Maximum (1,024 at QoS 0), the oldest awaited when the window is full.
+//! [`start_publish`](paho::Client::start_publish) handles kept in a window of 1,024 plus the
+//! server's Receive Maximum (as far ahead as rumqttc's request channel of 1,024 lets it run;
+//! 1,024 at QoS 0), the oldest awaited when the window is full.
 //! The durable-queue variant keeps as many `publish_via_queue` calls in flight (one task
 //! each) so that the file queue can commit them in groups.
 
@@ -13,7 +14,9 @@ use std::time::Duration;
 
 use autopaho::{ConnectionManager, ManagerConfig, Servers};
 use bytes::Bytes;
-use paho::packets::{MqttString, Publish, QoS, SubscribeProperties, Subscription, SubscriptionOptions};
+use paho::packets::{
+    MqttString, Publish, QoS, SubscribeProperties, Subscription, SubscriptionOptions,
+};
 use paho::session::{FileStore, MemoryStore, SessionConfig, StoreIdentity};
 use paho::{ConnectOptions, PublishOutcome, SessionHandle};
 use paho_queue::{FileQueue, Limits, MemoryQueue};
@@ -60,12 +63,19 @@ async fn start(
     let mgr = match job.storage {
         Storage::Memory => ConnectionManager::start_in_memory(cfg, SessionConfig::new()),
         Storage::FileStore => {
-            let dir = job.dir.clone().ok_or(BenchError::Closed("no directory given"))?;
+            let dir = job
+                .dir
+                .clone()
+                .ok_or(BenchError::Closed("no directory given"))?;
             let url = format!("mqtt://{addr}");
-            let store = FileStore::open(dir.join("session"), StoreIdentity::new(url, client_id)?)
-                .await?;
+            let store =
+                FileStore::open(dir.join("session"), StoreIdentity::new(url, client_id)?).await?;
             let session = SessionHandle::restore(SessionConfig::new(), store).await?;
-            ConnectionManager::start(cfg, session, Arc::new(MemoryQueue::new(Limits::unbounded())))
+            ConnectionManager::start(
+                cfg,
+                session,
+                Arc::new(MemoryQueue::new(Limits::unbounded())),
+            )
         }
         Storage::MemoryQueue => ConnectionManager::start(
             cfg,
@@ -73,7 +83,10 @@ async fn start(
             Arc::new(MemoryQueue::new(Limits::unbounded())),
         ),
         Storage::FileQueue => {
-            let dir = job.dir.clone().ok_or(BenchError::Closed("no directory given"))?;
+            let dir = job
+                .dir
+                .clone()
+                .ok_or(BenchError::Closed("no directory given"))?;
             let queue = FileQueue::builder(dir.join("queue")).open().await?;
             ConnectionManager::start(
                 cfg,
@@ -124,9 +137,12 @@ impl Publisher for OursPublisher {
         if matches!(job.storage, Storage::MemoryQueue | Storage::FileQueue) {
             return self.run_queued(job, &topic, &pacer).await;
         }
+        // As much ahead of the acknowledgements as rumqttc keeps (its request channel plus
+        // the server's Receive Maximum in flight): a window of exactly the Receive Maximum
+        // would hand the client one message per acknowledgement, never a batch.
         let window = match job.qos {
             0 => QOS0_WINDOW,
-            _ => self.client.server().receive_maximum().max(1) as usize,
+            _ => QOS0_WINDOW + self.client.server().receive_maximum() as usize,
         };
         let mut pending = VecDeque::with_capacity(window);
         for i in 0..job.n {
@@ -136,9 +152,21 @@ impl Publisher for OursPublisher {
                     check(h.await?)?;
                 }
             }
-            pending.push_back(self.client.start_publish(message(&topic, job.qos, job.size, i, stamp())));
+            pending.push_back(self.client.start_publish(message(
+                &topic,
+                job.qos,
+                job.size,
+                i,
+                stamp(),
+            )));
         }
-        pending.push_back(self.client.start_publish(message(&topic, 1, wire::MIN_PAYLOAD, FENCE, 0)));
+        pending.push_back(self.client.start_publish(message(
+            &topic,
+            1,
+            wire::MIN_PAYLOAD,
+            FENCE,
+            0,
+        )));
         for h in pending {
             check(h.await?)?;
         }
@@ -154,7 +182,12 @@ impl Publisher for OursPublisher {
 impl OursPublisher {
     /// `publish_via_queue`, as many in flight as the server's Receive Maximum, each awaited
     /// to its acknowledgement.
-    async fn run_queued(&self, job: &Job, topic: &MqttString, pacer: &Pacer) -> Result<(), BenchError> {
+    async fn run_queued(
+        &self,
+        job: &Job,
+        topic: &MqttString,
+        pacer: &Pacer,
+    ) -> Result<(), BenchError> {
         let window = self.client.server().receive_maximum().max(1) as usize;
         let mut set = tokio::task::JoinSet::new();
         let spawn = |set: &mut tokio::task::JoinSet<Result<(), BenchError>>, p: Publish| {
@@ -187,11 +220,17 @@ impl OursPublisher {
 
 /// A subscriber to [`wire::TOPIC`] at QoS 2 recording into `tracker`; returns once
 /// subscribed, with the manager to keep alive.
-pub async fn subscriber(addr: SocketAddr, tracker: Arc<Tracker>) -> Result<ConnectionManager, BenchError> {
+pub async fn subscriber(
+    addr: SocketAddr,
+    tracker: Arc<Tracker>,
+) -> Result<ConnectionManager, BenchError> {
     let mgr = ConnectionManager::start_in_memory(config(addr, "ours-sub")?, SessionConfig::new());
     mgr.add_on_publish_received(move |m| tracker.record(m.payload()));
     mgr.subscribe(
-        vec![Subscription::new(wire::TOPIC, SubscriptionOptions::qos(QoS::ExactlyOnce))],
+        vec![Subscription::new(
+            wire::TOPIC,
+            SubscriptionOptions::qos(QoS::ExactlyOnce),
+        )],
         SubscribeProperties::default(),
     )
     .await?;
@@ -199,7 +238,11 @@ pub async fn subscriber(addr: SocketAddr, tracker: Arc<Tracker>) -> Result<Conne
 }
 
 /// Connects `n` managers, `batch` at a time, each waiting for its connection.
-pub async fn connect_many(addr: SocketAddr, n: usize, batch: usize) -> Result<Vec<ConnectionManager>, BenchError> {
+pub async fn connect_many(
+    addr: SocketAddr,
+    n: usize,
+    batch: usize,
+) -> Result<Vec<ConnectionManager>, BenchError> {
     let mut all = Vec::with_capacity(n);
     for start in (0..n).step_by(batch) {
         let mut set = tokio::task::JoinSet::new();

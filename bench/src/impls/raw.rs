@@ -157,7 +157,9 @@ impl Publisher for RawPublisher {
                                 }
                             }
                             if !std::mem::replace(&mut in_flight[id as usize], false) {
-                                return Err(WireError::Malformed("ack for an id not in flight").into());
+                                return Err(
+                                    WireError::Malformed("ack for an id not in flight").into()
+                                );
                             }
                             count -= 1;
                             if fence_sent && count == 0 && i >= job.n {
@@ -167,7 +169,9 @@ impl Publisher for RawPublisher {
                         wire::PUBREC => {
                             let id = wire::ack_id(b)?;
                             if !in_flight[id as usize] {
-                                return Err(WireError::Malformed("PUBREC for an id not in flight").into());
+                                return Err(
+                                    WireError::Malformed("PUBREC for an id not in flight").into()
+                                );
                             }
                             wire::put_ack(&mut out, wire::PUBREL, id);
                         }
