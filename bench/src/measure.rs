@@ -100,6 +100,13 @@ pub fn rss_now_kib() -> u64 {
     pages * (page.max(0) as u64) / 1024
 }
 
+/// This process's nice value (children inherit it).
+pub fn niceness() -> i32 {
+    // SAFETY: getpriority has no pointer arguments; -1 is also a valid result, which only
+    // makes the figure wrong, not unsafe.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
 /// Raises the soft limit on open files to the hard limit (1,000 clients need 1,000 sockets;
 /// mosquitto, spawned by the parent, inherits the parent's limit).
 pub fn raise_fd_limit() -> u64 {

@@ -352,9 +352,11 @@ pub fn machine(broker: Option<String>, load_before: &str, load_after: &str) -> S
         "- CPU: {cpu}, {cores} cores (`available_parallelism`)\n\
          - kernel {kernel}; {rustc}; {mosq}\n\
          - broker: {}\n\
-         - load average (1, 5, 15 min) before / after: {load_before} / {load_after}\n\
+         - load average (1, 5, 15 min) before / after: {load_before} / {load_after}; the harness \
+         and its children ran at nice {}\n\
          - syscalls: {perf}\n",
-        broker.unwrap_or_else(|| "none used".into())
+        broker.unwrap_or_else(|| "none used".into()),
+        crate::measure::niceness(),
     )
 }
 
@@ -418,7 +420,8 @@ pub fn svg(results: &[CellResult]) -> String {
         .max(lo + 1.0);
     let (bar, gap, left, top, plot_h, label_h) = (12.0, 14.0, 70.0, 40.0, 300.0, 150.0);
     let group = 3.0 * bar + gap;
-    let width = left + group * cells.len().max(1) as f64 + 20.0;
+    // Room on the right for the last rotated labels.
+    let width = left + group * cells.len().max(1) as f64 + 100.0;
     let height = top + plot_h + label_h;
     let y = |v: f64| top + plot_h - (v.log10() - lo) / (hi - lo) * plot_h;
     let mut s = String::new();
@@ -506,9 +509,11 @@ child, over the window from the first publish to the last acknowledgement (and a
 own payload allocation is not counted; rumqttc's `publish` takes an owned topic `String`, which is\n\
 counted as its cost); peak RSS (`ru_maxrss`, whole child). Rates are medians of the rounds, with\n\
 their spread; ratios are taken between medians of the same run.\n\n\
-**This run:** `{command}`, {total_secs:.0} s in all. The machine was shared with other engineers'\n\
-builds and benchmarks while it ran, so absolute figures carry 10–30 % noise (compare the ratios\n\
-within a cell); the lead reruns it on a quiet machine.\n\n\
+**This run:** `{command}`, {total_secs:.0} s in all. Read the load average below first: with a\n\
+load above the number of cores (other builds and benchmarks sharing the machine) every figure is\n\
+several times below a quiet machine's, spreads within a cell reach 2–4×, and even the ratios are\n\
+only indicative; on a quiet machine compare ratios within a cell, never absolute figures across\n\
+runs.\n\n\
 {machine}\n\
 ![msg/s per cell, three implementations](bench-chart.svg)\n\n\
 {tables}{END}\n"
