@@ -93,6 +93,8 @@ fn num(x: Option<f64>, digits: usize) -> String {
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
+        // Three decimals below 0.1, so that ours ÷ raw against the sink is not all "0.00".
+        (Some(a), Some(b)) if b > 0.0 && a / b < 0.1 => format!("{:.3}", a / b),
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
