@@ -747,7 +747,9 @@ async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
         let (s, a) = (Arc::clone(&server), Arc::clone(&acked_early));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         mgr.add_on_publish_received(move |m| {
-            std::thread::sleep(Duration::from_millis(300));
+            // Off the worker (with its queued tasks), so that the connection's task can run
+            // meanwhile and send an ack if one was asked for.
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(300)));
             let acks = s
                 .received_from("acker")
                 .iter()
