@@ -313,6 +313,15 @@ impl Child {
     }
 }
 
+impl Drop for Child {
+    /// A failing test must not leave its children running: an orphaned subscriber would keep
+    /// reconnecting and could take a later run's session over.
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
 fn numbers(lines: &[String], prefix: &str) -> Vec<u32> {
     lines
         .iter()
@@ -519,7 +528,11 @@ async fn publisher_then_subscriber_sigkilled_on_real_mosquitto() {
                 .into_iter()
                 .chain(runs.iter().flat_map(|r| r.received.iter().copied()))
                 .collect();
-            reported2.iter().copied().filter(|i| !got.contains(i)).collect()
+            reported2
+                .iter()
+                .copied()
+                .filter(|i| !got.contains(i))
+                .collect()
         };
         let deadline = std::time::Instant::now() + HANG;
         while !missing(&sub).is_empty() {
@@ -556,7 +569,9 @@ async fn publisher_then_subscriber_sigkilled_on_real_mosquitto() {
         );
         // (The first run's first connection finds no session: the client id is new.)
         assert!(
-            runs[1..].iter().all(|r| !r.lines.iter().any(|l| l == "LOST")),
+            runs[1..]
+                .iter()
+                .all(|r| !r.lines.iter().any(|l| l == "LOST")),
             "mosquitto kept the subscriber's session, yet a restarted run saw Session Present = 0"
         );
         // Phase 1 (publisher kills, first subscriber run): no QoS 2 duplicate but the
