@@ -24,10 +24,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use autopaho::{ConnectionManager, ManagerConfig, Servers};
 use bytes::Bytes;
 use paho::packets::{Publish, QoS};
 use paho::session::{FileStore, SessionConfig, StoreIdentity};
 use paho::{Client, ConnectOptions, SessionHandle};
+use paho_queue::{FileQueue, Queue};
 use paho_testserver::TestServer;
 
 fn long() -> u32 {
@@ -492,6 +494,216 @@ async fn the_session_store_directory_removed_while_open() {
         println!("{report}");
         // The first batch after the removal was refused: nothing was acknowledged into
         // a file that no open can find.
+        assert!(report.contains("deleted"), "{report}");
+    })
+    .await;
+}
+
+// ------------------------------------------ the durable queue (`publish_via_queue`)
+
+/// An address nobody listens on, so that the manager stays disconnected and the queue only
+/// fills.
+fn nowhere() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    format!("mqtt://{a}")
+}
+
+fn queue_manager(url: &str, queue: Arc<FileQueue>) -> ConnectionManager {
+    let config = ManagerConfig::builder(Servers::parse([url]).unwrap())
+        .connect_options(
+            ConnectOptions::builder()
+                .client_id("disk-qpub")
+                .build()
+                .unwrap(),
+        )
+        .backoff(autopaho::Backoff::constant(Duration::from_millis(50)).unwrap())
+        .build()
+        .unwrap();
+    ConnectionManager::start(
+        config,
+        SessionHandle::in_memory(SessionConfig::new()),
+        queue,
+    )
+}
+
+/// Enqueues with `publish_via_queue` into a `FileQueue` in `dir` while the manager cannot
+/// connect, until an enqueue fails (the fault, injected after `before` were accepted, or the
+/// disk filling). Then the disk comes back, the queue is opened afresh under a manager that
+/// reaches a real server, and every accepted message must arrive, none refused.
+async fn queue_case(
+    what: &str,
+    dir: &Path,
+    before: u32,
+    size: usize,
+    fault: impl FnOnce(),
+    heal: impl FnOnce(),
+    files_survive: bool,
+) -> String {
+    let qdir = dir.join("queue");
+    let queue = Arc::new(FileQueue::builder(&qdir).open().await.unwrap());
+    let mgr = queue_manager(&nowhere(), Arc::clone(&queue));
+    let mut accepted = Vec::new();
+    let mut fault = Some(fault);
+    let mut i = 0;
+    let refused = loop {
+        if i == before {
+            if let Some(f) = fault.take() {
+                f();
+            }
+        }
+        match mgr.publish_via_queue(msg(i, size)).await {
+            Ok(_) => accepted.push(i),
+            Err(e) => break e,
+        }
+        i += 1;
+        assert!(
+            i < before.saturating_add(2_000) && i < 100_000,
+            "{what}: {i} enqueued, none refused"
+        );
+    };
+    let refused_i = i;
+    assert!(
+        matches!(refused, autopaho::Error::Queue(_)),
+        "{what}: not a typed queue error: {refused:?}"
+    );
+    let text = refused.to_string();
+    // Later enqueues are refused ("not done") until the queue is reopened.
+    let later = mgr
+        .publish_via_queue(msg(refused_i + 1, size))
+        .await
+        .unwrap_err();
+    assert!(!later.is_outcome_unknown(), "{what}: {later:?}");
+    let mut not_done = vec![refused_i + 1];
+    if !refused.is_outcome_unknown() {
+        not_done.push(refused_i);
+    }
+    mgr.disconnect().await.unwrap();
+    drop(mgr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut queue = queue;
+    let queue = loop {
+        match Arc::try_unwrap(queue) {
+            Ok(q) => break q,
+            Err(q) => queue = q,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the manager kept the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = queue.close().await; // it failed: the close may say so
+    heal();
+    let server = TestServer::start().await.unwrap();
+    let (sub, inbox) = subscriber(&server).await;
+    let queue = Arc::new(FileQueue::builder(&qdir).open().await.unwrap());
+    let restored = queue.len();
+    let healed_at = std::time::Instant::now();
+    let mgr = queue_manager(&format!("mqtt://{}", server.addr()), Arc::clone(&queue));
+    let lost_with_the_files = if files_survive {
+        inbox.wait_for(&accepted).await;
+        0
+    } else {
+        assert_eq!(restored, 0, "{what}");
+        std::mem::take(&mut accepted).len()
+    };
+    let recovery = healed_at.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mgr.stats().queue_len > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the queue never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (dup1, _) = check_delivery(&inbox, &accepted, &not_done, what);
+    mgr.disconnect().await.unwrap();
+    sub.disconnect_normally().await.unwrap();
+    format!(
+        "{what}: {} enqueued before the fault, message {refused_i} answered {} ({text}); \
+         reopened after the disk came back: {restored} entries, all {} delivered in \
+         {recovery:?} ({lost_with_the_files} lost with the deleted files), QoS 1 duplicates \
+         {dup1}, QoS 2 0",
+        accepted.len() + lost_with_the_files,
+        if refused.is_outcome_unknown() {
+            "outcome unknown"
+        } else {
+            "not stored"
+        },
+        accepted.len(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_queue() {
+    common::bounded(async {
+        let Some(fs) = Tmpfs::mount(&format!("{}k", 256 * long())) else {
+            return;
+        };
+        let report = queue_case(
+            "FileQueue on a full tmpfs",
+            fs.path(),
+            u32::MAX,
+            2048,
+            || {},
+            || fs.grow("16m"),
+            true,
+        )
+        .await;
+        println!("{report}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_disk_under_the_queue() {
+    common::bounded(async {
+        let tmp = tempfile::tempdir().unwrap();
+        if !immutable_works(tmp.path()) {
+            return;
+        }
+        let guard = Arc::new(Mutex::new(None));
+        let (g1, g2) = (Arc::clone(&guard), Arc::clone(&guard));
+        let dir = tmp.path().join("queue");
+        let report = queue_case(
+            "FileQueue made read-only (chattr +i) while open",
+            tmp.path(),
+            40 * long(),
+            512,
+            move || *g1.lock().unwrap() = Some(Immutable::set(&dir).unwrap()),
+            move || drop(g2.lock().unwrap().take()),
+            true,
+        )
+        .await;
+        println!("{report}");
+        let dir = tmp.path().join("queue");
+        let _ro = Immutable::set(&dir).unwrap();
+        let e = FileQueue::builder(&dir).open().await.unwrap_err();
+        println!("FileQueue::open on a read-only directory: {e}");
+        assert!(matches!(e, paho_queue::Error::Io { .. }), "{e:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_directory_removed_while_open() {
+    common::bounded(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let report = queue_case(
+            "FileQueue directory removed while open",
+            tmp.path(),
+            40 * long(),
+            512,
+            move || std::fs::remove_dir_all(dir.join("queue")).unwrap(),
+            || {},
+            false,
+        )
+        .await;
+        println!("{report}");
         assert!(report.contains("deleted"), "{report}");
     })
     .await;
