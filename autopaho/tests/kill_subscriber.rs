@@ -24,8 +24,6 @@
 //! from `PAHO_CAMPAIGN_SEED` (printed; from the clock when unset).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -44,8 +42,18 @@ const ENV: &str = "AUTOPAHO_KILL2_CHILD";
 /// The subscriber's Receive Maximum: at most this many messages are unacknowledged at once,
 /// which bounds the duplicate window.
 const SUB_RECEIVE_MAX: u16 = 32;
-/// Only a hang reaches it (real time).
-const HANG: Duration = Duration::from_secs(45);
+/// How long one wait may take; only a hang reaches it (real time).
+fn hang() -> Duration {
+    Duration::from_secs(45) * long()
+}
+
+/// The whole test's hang guard (real time), stretched for the long mode.
+async fn bounded<T>(body: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(150) * long(), body).await {
+        Ok(v) => v,
+        Err(_) => panic!("the test is stuck"),
+    }
+}
 
 fn long() -> u32 {
     if std::env::var_os("PAHO_CAMPAIGN_LONG").is_some_and(|v| v != "0") {
@@ -291,7 +299,7 @@ impl Child {
     }
 
     async fn wait_until(&self, what: &str, mut cond: impl FnMut(&Child) -> bool) {
-        let deadline = std::time::Instant::now() + HANG;
+        let deadline = std::time::Instant::now() + hang();
         while !cond(self) {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -413,7 +421,7 @@ async fn fence_publisher(url: &str) -> ConnectionManager {
 /// Publishes fence `k` (again every 100 ms, until the subscriber prints it: after a broker
 /// restart the first ones may go out before the subscriber subscribed again).
 async fn fence(f: &ConnectionManager, sub: &Child, k: u32) {
-    let deadline = std::time::Instant::now() + HANG;
+    let deadline = std::time::Instant::now() + hang();
     loop {
         assert!(
             std::time::Instant::now() < deadline,
@@ -446,7 +454,7 @@ async fn broker(persistence: bool) -> Option<Mosquitto> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_then_subscriber_sigkilled_on_real_mosquitto() {
-    common::bounded(async {
+    bounded(async {
         let Some(m) = broker(false).await else { return };
         let url = format!("mqtt://127.0.0.1:{}", m.port());
         let (mut rng, seed) = Rng::from_env();
@@ -534,7 +542,7 @@ async fn publisher_then_subscriber_sigkilled_on_real_mosquitto() {
                 .filter(|i| !got.contains(i))
                 .collect()
         };
-        let deadline = std::time::Instant::now() + HANG;
+        let deadline = std::time::Instant::now() + hang();
         while !missing(&sub).is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -635,7 +643,7 @@ async fn publisher_then_subscriber_sigkilled_on_real_mosquitto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_without_persistence_restarted_between_a_publisher_kill_and_its_restart() {
-    common::bounded(async {
+    bounded(async {
         let Some(mut m) = broker(false).await else {
             return;
         };
@@ -670,11 +678,23 @@ async fn mosquitto_without_persistence_restarted_between_a_publisher_kill_and_it
         assert!(r.done);
         let restored = r.restored;
         reported.extend(r.reported);
-        sub.wait_until("everything received", |c| {
-            let got: HashSet<u32> = numbers(&c.lines(), "R ").into_iter().collect();
-            reported.iter().all(|i| got.contains(i))
-        })
-        .await;
+        let deadline = std::time::Instant::now() + hang();
+        loop {
+            let got: HashSet<u32> = numbers(&sub.lines(), "R ").into_iter().collect();
+            let missing: Vec<u32> = reported
+                .iter()
+                .copied()
+                .filter(|i| !got.contains(i))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hang guard: never received {missing:?} ({restored} exchanges restored)"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let lines = tokio::task::spawn_blocking(move || sub.end(true))
             .await
             .unwrap();
@@ -743,7 +763,7 @@ async fn mosquitto_without_persistence_restarted_between_a_publisher_kill_and_it
 /// broker received meanwhile: no PUBACK/PUBREC may be there yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
-    common::bounded(async {
+    bounded(async {
         let server = Arc::new(paho_testserver::TestServer::start().await.unwrap());
         let url = format!("mqtt://{}", server.addr());
         let mgr = ConnectionManager::start_in_memory(
