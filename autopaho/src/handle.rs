@@ -514,7 +514,11 @@ impl ConnectionManager {
     /// other on the manager's receiving task: keep them short, and publish from them with
     /// [`start_publish`](ConnectionManager::start_publish) or
     /// [`publish_via_queue`](ConnectionManager::publish_via_queue) in a spawned task, never by
-    /// blocking.
+    /// blocking. With automatic acknowledgement (the default) a QoS 1/2 message is
+    /// acknowledged once every handler has returned for it, so a process killed while a
+    /// handler runs gets the message again from the server (at-least-once to the
+    /// application, even at QoS 2); with
+    /// [`manual_acks`](paho::ConnectOptionsBuilder::manual_acks) a handler acks it itself.
     pub fn add_on_publish_received(
         &self,
         f: impl Fn(&Message) + Send + Sync + 'static,

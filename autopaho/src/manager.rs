@@ -104,7 +104,13 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let mut backoff = config.backoff.clone();
-    let mut options = config.connect.clone();
+    // With automatic acknowledgement a message is acknowledged only once every handler has
+    // returned: acknowledged when taken (before the handlers), a process killed in between
+    // would have acked a message its application never processed, which the server then
+    // never sends again (QoS 1 and 2). So the connection acks manually, and `dispatch` acks
+    // after the handlers unless the application asked to ack itself.
+    let auto_ack = !config.connect.manual_acks();
+    let mut options = config.connect.with_manual_acks(true);
     let mut first = true;
     loop {
         if *stop.borrow() {
@@ -200,20 +206,20 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
             _ = client.closed() => End::Closed,
             e = pump(shared, &client, &*queue, &mut handing) => End::Fatal(e),
             // The messages end when the connection does; `closed` says why.
-            () = dispatch(shared, &mut incoming) => End::Closed,
+            () = dispatch(shared, &mut incoming, auto_ack) => End::Closed,
             () = stopped(stop) => End::Stop,
         };
         shared.client.send_replace(None);
         let end_result = match end {
             End::Stop => {
                 let _ = client.disconnect((config.on_disconnect)()).await;
-                dispatch(shared, &mut incoming).await;
+                dispatch(shared, &mut incoming, auto_ack).await;
                 shared.emit(Event::Disconnected { error: None });
                 Some(Ok(()))
             }
             End::Fatal(e) => {
                 let _ = client.disconnect((config.on_disconnect)()).await;
-                dispatch(shared, &mut incoming).await;
+                dispatch(shared, &mut incoming, auto_ack).await;
                 shared.emit(Event::Disconnected {
                     error: Some(e.clone()),
                 });
@@ -223,7 +229,7 @@ async fn run_inner<S: Store, Q: Queue + 'static>(
                 // Also waits until the connection's task has let the session go, so that the
                 // next connect finds it free at once.
                 let error = client.closed().await.err().map(Error::Client);
-                dispatch(shared, &mut incoming).await;
+                dispatch(shared, &mut incoming, auto_ack).await;
                 tracing::info!(error = ?error, "connection closed");
                 shared.emit(Event::Disconnected {
                     error: error.clone(),
@@ -294,10 +300,14 @@ async fn resubscribe(shared: &Shared, client: &Client) {
 
 /// Hands the received messages to the handlers until the connection has closed and every
 /// message it received was taken. Cancel safe between messages. After the connection's end
-/// it is called again to drain what the `select!` left queued.
-async fn dispatch(shared: &Shared, incoming: &mut paho::Incoming) {
+/// it is called again to drain what the `select!` left queued. With `auto_ack`, each message
+/// is acknowledged after the handlers returned (a no-op once the connection has closed).
+async fn dispatch(shared: &Shared, incoming: &mut paho::Incoming, auto_ack: bool) {
     while let Some(m) = incoming.recv().await {
         shared.dispatch(&m);
+        if auto_ack {
+            let _ = m.ack();
+        }
     }
 }
 

@@ -783,6 +783,23 @@ where
                 self.keepalive.pong();
                 Ok(())
             }
+            // Reason 0x04 is for a client only (MQTT v5 §3.14.2.1), and a server must not send
+            // a Session Expiry Interval [MQTT-3.14.2-2]: both are Protocol Errors, and the
+            // interval is never applied to our session.
+            Packet::Disconnect(d)
+                if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage =>
+            {
+                Err(Error::protocol(
+                    0x82,
+                    "DISCONNECT 0x04 (Disconnect with Will Message) from the server",
+                ))
+            }
+            Packet::Disconnect(d) if d.properties.session_expiry_interval.is_some() => {
+                Err(Error::protocol(
+                    0x82,
+                    "DISCONNECT with a Session Expiry Interval from the server",
+                ))
+            }
             Packet::Disconnect(d) => Err(Error::ServerDisconnected {
                 reason_code: d.reason_code.as_u8(),
                 reason_string: d.properties.reason_string.as_ref().map(|s| s.to_string()),

@@ -128,6 +128,14 @@ impl ConnectOptions {
         o
     }
 
+    /// A copy with manual acknowledgement on or off (a manager that acknowledges each message
+    /// only after its handlers ran turns it on underneath).
+    pub fn with_manual_acks(&self, on: bool) -> ConnectOptions {
+        let mut o = self.clone();
+        o.manual_acks = on;
+        o
+    }
+
     /// A copy with another client identifier (for example the one the server assigned).
     pub fn with_client_id(&self, client_id: impl Into<MqttString>) -> ConnectOptions {
         let mut o = self.clone();

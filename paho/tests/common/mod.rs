@@ -105,6 +105,12 @@ impl Peer {
         self.io.write_all(bytes).await.unwrap();
     }
 
+    /// Like [`Peer::send_raw`], but a closed pipe is an answer, not a failure (for a flood
+    /// that runs until the client gives up).
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await
+    }
+
     /// Reads CONNECT and answers `connack`.
     pub async fn accept(&mut self, connack: ConnAck) -> Connect {
         let c = match self.expect().await {

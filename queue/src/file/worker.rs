@@ -623,6 +623,20 @@ impl Worker {
                     &mut self.pending,
                     "syncing a segment",
                 )?;
+                // A segment deleted under the queue (its directory removed, say) took the
+                // batch into a file no open finds: "not done", however the fsync went. One
+                // `fstat` per batch.
+                let op = "checking a segment after a write";
+                if !self.fs.still_linked(&seg.name).map_err(Error::io(op))? {
+                    return Err(Error::Io {
+                        op,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "the segment was deleted (or the queue directory removed) while \
+                             the queue was open",
+                        ),
+                    });
+                }
             }
             self.unsynced = false;
         }

@@ -44,6 +44,13 @@ pub(crate) trait Fs: Send + 'static {
     /// Releases any handle kept open for the file (files written once, such as quarantine
     /// files, would otherwise hold a descriptor each for the store's lifetime).
     fn close(&mut self, name: &str);
+    /// Whether the file, as this `Fs` has it open, still has a name: a log unlinked (or its
+    /// directory removed) under an open store still takes appends and fsyncs, into a file
+    /// that no open will ever find.
+    fn still_linked(&mut self, name: &str) -> io::Result<bool> {
+        let _ = name;
+        Ok(true)
+    }
 }
 
 /// The real file system.
@@ -124,6 +131,12 @@ impl Fs for RealFs {
 
     fn sync_dir(&mut self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+
+    #[cfg(unix)]
+    fn still_linked(&mut self, name: &str) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.handle(name)?.metadata()?.nlink() > 0)
     }
 
     fn list(&mut self) -> io::Result<Vec<String>> {

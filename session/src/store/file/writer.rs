@@ -488,7 +488,8 @@ impl Writer {
             .fs
             .append(LOG, &buf)
             .map_err(io("appending to the log"))
-            .and_then(|()| self.sync(LOG));
+            .and_then(|()| self.sync(LOG))
+            .and_then(|()| self.check_linked());
         let len = buf.len() as u64;
         self.buf = buf;
         match res {
@@ -508,6 +509,23 @@ impl Writer {
                     Err(Failure::Unknown(e))
                 }
             },
+        }
+    }
+
+    /// Fails if the log was deleted under the store (its directory removed, say): the batch
+    /// is then in a file no open will find, so it is "not done" however the fsync went, and
+    /// the store stops before it acknowledges more into the void. One `fstat` per batch.
+    fn check_linked(&mut self) -> Result<(), Error> {
+        match self.fs.still_linked(LOG) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::io(
+                "checking the log after a write",
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the log file was deleted (or its directory removed) while the store was open",
+                ),
+            )),
+            Err(e) => Err(Error::io("checking the log after a write", e)),
         }
     }
 
