@@ -48,14 +48,19 @@ const ALIAS_OVERHEAD: u64 = 5;
 type StoreFuture =
     Pin<Box<dyn Future<Output = (Option<PacketId>, Result<(), paho_session::Error>)> + Send>>;
 
-fn store_future<S: Store>(op: StoreOp, store: &S) -> StoreFuture {
-    let put = match &op {
+/// The packet id of the outbound exchange `op` puts, if it does.
+fn outbound_put(op: &StoreOp) -> Option<PacketId> {
+    match op {
         StoreOp::Put {
             key: Key::Outbound(id),
             ..
         } => Some(*id),
         _ => None,
-    };
+    }
+}
+
+fn store_future<S: Store>(op: StoreOp, store: &S) -> StoreFuture {
+    let put = outbound_put(&op);
     let fut = op.apply(store);
     Box::pin(async move { (put, fut.await) })
 }
@@ -532,9 +537,23 @@ where
         while let Some(action) = self.state.session.poll_action() {
             match action {
                 Action::Store(op) => {
-                    let fut = store_future(op, &self.state.store);
-                    self.stores.push_back(fut);
                     self.stores_started += 1;
+                    if self.stores.is_empty() && self.state.store.is_immediate() {
+                        // A store that completes when called (the memory store) is applied in
+                        // place: nothing is in progress before it, so it is done before the
+                        // actions after it are looked at, and nothing needs holding.
+                        let put = outbound_put(&op);
+                        let r = op.apply_now(&self.state.store);
+                        if let Err(e) = self.store_done((put, r)) {
+                            if let Some(w) = qos0.take() {
+                                let _ = w.send(Err(e.clone()));
+                            }
+                            return Err(e);
+                        }
+                    } else {
+                        let fut = store_future(op, &self.state.store);
+                        self.stores.push_back(fut);
+                    }
                 }
                 Action::Abandoned(p) => self.abandon(p),
                 Action::Send(p) => {
