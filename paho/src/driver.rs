@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::alias;
 use crate::auth::Authenticator;
-use crate::client::{Command, Reply, Shared};
+use crate::client::{Command, PublishReply, Reply, Shared};
 use crate::keepalive::{Due, KeepAlive};
 use crate::message::{Backlog, Delivered};
 use crate::options::ConnectOptions;
@@ -398,26 +398,29 @@ where
                 origin,
                 reply,
             } => {
-                let qos = publish.qos;
-                tracing::trace!(topic = %publish.topic, ?qos, origin, "publish requested");
+                tracing::trace!(topic = %publish.topic, qos = ?publish.qos, origin, "publish requested");
                 let now = Instant::now().into_std();
                 let session = &mut self.state.session;
-                let started = match origin {
-                    Some(o) => session.publish_with_origin(publish, o, now),
-                    None => session.publish(publish, now),
-                };
-                match started {
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                match reply {
+                    PublishReply::Written(reply) => {
+                        let started = match origin {
+                            Some(o) => session.publish_with_origin(publish, o, now),
+                            None => session.publish(publish, now),
+                        };
+                        match started {
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                            }
+                            // A QoS 0 publish's completion is a ready value (nothing
+                            // allocated); the caller hears once its bytes are written.
+                            Ok(_sent) => self.drain(Some(reply))?,
+                        }
                     }
-                    Ok(completion) if qos == QoS::AtMostOnce => {
-                        drop(completion);
-                        self.drain(Some(reply))?;
-                    }
-                    Ok(completion) => {
-                        // If the caller is gone, the dropped completion withdraws a message
-                        // still waiting for quota; a stored one goes on regardless.
-                        let _ = reply.send(Ok(Some(completion)));
+                    PublishReply::Session(completer) => {
+                        // The caller's handle already holds the completion. If the caller is
+                        // gone, that withdraws a message still waiting for quota; a stored
+                        // one goes on regardless.
+                        session.publish_with(publish, origin, completer, now);
                         self.drain(None)?;
                     }
                 }

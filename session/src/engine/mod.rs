@@ -7,7 +7,8 @@ mod inbound;
 
 pub use action::{AckToken, Action, Delivery, StoreOp};
 pub use completion::{
-    Completion, PublishCompletion, PublishOutcome, SubscribeCompletion, UnsubscribeCompletion,
+    Completion, PublishCompleter, PublishCompletion, PublishOutcome, SubscribeCompletion,
+    UnsubscribeCompletion,
 };
 pub use ids::PacketIds;
 
@@ -805,12 +806,47 @@ impl Session {
         }
     }
 
+    /// [`publish`](Session::publish) (or [`publish_with_origin`](Session::publish_with_origin)
+    /// when `origin` is given) for a message whose completion was made before it reached the
+    /// session, by [`PublishCompletion::pair_for_handover`]: a driver that takes messages from
+    /// its handles over a channel gives each handle its completion at once, and only one
+    /// allocation is made per publish. Every outcome, an immediate failure included, goes to
+    /// `completer`; a QoS 0 message completes as [`PublishOutcome::Sent`] when it is queued.
+    pub fn publish_with(
+        &mut self,
+        publish: Publish,
+        origin: Option<u64>,
+        completer: PublishCompleter,
+        now: Instant,
+    ) {
+        let mut completer = completer.0;
+        completer.in_session();
+        match self.admit(publish, now) {
+            Err(e) => completer.complete(Err(e)),
+            Ok(None) => completer.complete(Ok(PublishOutcome::Sent)),
+            Ok(Some(publish)) => self.enqueue(publish, completer, origin, now),
+        }
+    }
+
     fn publish_inner(
         &mut self,
-        mut publish: Publish,
+        publish: Publish,
         origin: Option<u64>,
         now: Instant,
     ) -> Result<PublishCompletion, Error> {
+        match self.admit(publish, now)? {
+            None => Ok(Completion::ready(Ok(PublishOutcome::Sent))),
+            Some(publish) => {
+                let (completer, completion) = Completion::pair_with_stored();
+                self.enqueue(publish, completer, origin, now);
+                Ok(completion)
+            }
+        }
+    }
+
+    /// Checks a new publish. A QoS 0 one is sent at once (`None`); a QoS 1/2 one is returned,
+    /// checked, to join the queue.
+    fn admit(&mut self, mut publish: Publish, now: Instant) -> Result<Option<Publish>, Error> {
         self.tick(now);
         if publish.topic.is_empty() {
             return Err(Error::InvalidPacket(
@@ -827,15 +863,16 @@ impl Session {
             self.limits.check(&publish)?;
             self.actions
                 .push_back(Action::Send(Packet::Publish(publish)));
-            return Ok(Completion::ready(Ok(PublishOutcome::Sent)));
+            return Ok(None);
         }
-        // Validate now (with a placeholder id) so that a bad packet fails its caller instead of
-        // failing later inside the queue.
+        // Validate now so that a bad packet fails its caller instead of failing later inside
+        // the queue (`sent_len` sizes it with a packet id, without cloning it).
         publish.packet_id = Some(PacketId::MIN);
-        Packet::Publish(publish.clone()).encoded_len()?;
         if self.link == Link::Up {
             // Checked again when it leaves the queue, against the limits in force then.
             self.limits.check(&publish)?;
+        } else {
+            publish.sent_len()?;
         }
         if self.link == Link::Up
             && self.waiting.is_empty()
@@ -845,7 +882,16 @@ impl Session {
         {
             return Err(Error::PacketIdsExhausted);
         }
-        let (completer, completion) = Completion::pair_with_stored();
+        Ok(Some(publish))
+    }
+
+    fn enqueue(
+        &mut self,
+        publish: Publish,
+        completer: Completer<PublishOutcome>,
+        origin: Option<u64>,
+        now: Instant,
+    ) {
         self.waiting.push_back(Waiting {
             publish,
             completer,
@@ -853,7 +899,6 @@ impl Session {
             accepted: now,
         });
         self.pump();
-        Ok(completion)
     }
 
     /// Resends a stored PUBLISH with DUP set, using one unit of quota; or, if the server's
