@@ -2,6 +2,7 @@
 
 mod action;
 mod completion;
+mod exchanges;
 mod ids;
 mod inbound;
 
@@ -186,9 +187,9 @@ pub struct Session {
     /// connection attempts do not move it: expiry counts from the loss of the session's link.
     lost_at: Option<Instant>,
     ids: PacketIds,
-    outbound: HashMap<PacketId, Outbound>,
+    outbound: exchanges::Slab<Outbound>,
     /// Send order of `outbound`, for resending.
-    order: BTreeMap<u64, PacketId>,
+    order: exchanges::SendOrder,
     next_order: u64,
     /// QoS 1/2 publishes waiting for a connection, send quota or a packet id, in arrival order.
     waiting: VecDeque<Waiting>,
@@ -321,8 +322,8 @@ impl Session {
             link: Link::Down,
             lost_at: None,
             ids: PacketIds::new(),
-            outbound: HashMap::new(),
-            order: BTreeMap::new(),
+            outbound: exchanges::Slab::default(),
+            order: exchanges::SendOrder::default(),
             next_order: 0,
             waiting: VecDeque::new(),
             resend: VecDeque::new(),
@@ -419,6 +420,16 @@ impl Session {
         Ok(())
     }
 
+    /// The unfinished exchanges' ids in send order.
+    fn ids_in_send_order(&self) -> Vec<PacketId> {
+        self.order
+            .snapshot()
+            .into_iter()
+            .filter(|(o, id)| self.outbound.get(id).is_some_and(|out| out.order == *o))
+            .map(|(_, id)| id)
+            .collect()
+    }
+
     fn insert_outbound(
         &mut self,
         id: PacketId,
@@ -429,7 +440,7 @@ impl Session {
         self.ids.claim(id);
         let order = self.next_order;
         self.next_order += 1;
-        self.order.insert(order, id);
+        self.order.push(order, id);
         self.outbound.insert(
             id,
             Outbound {
@@ -538,7 +549,7 @@ impl Session {
         {
             // Republished exchanges (Session Present = 0) go out like resent ones, in order,
             // but as first sends: `fresh` clears DUP.
-            let ids: Vec<PacketId> = self.order.values().copied().collect();
+            let ids = self.ids_in_send_order();
             for id in ids {
                 let Some(out) = self.outbound.get_mut(&id) else {
                     continue;
@@ -647,7 +658,7 @@ impl Session {
                 // Nothing leaves the store here: every exchange keeps its entry (and packet
                 // id, which the server no longer knows) until its new exchange finishes, so a
                 // crash now loses nothing. Inbound markers are deleted one by one.
-                let ids: Vec<PacketId> = self.order.values().copied().collect();
+                let ids = self.ids_in_send_order();
                 for id in ids {
                     let Some(out) = self.outbound.get_mut(&id) else {
                         continue;
@@ -689,7 +700,7 @@ impl Session {
                 }
             }
             SessionLostPolicy::Fail => {
-                let ids: Vec<PacketId> = self.order.values().copied().collect();
+                let ids = self.ids_in_send_order();
                 for id in ids {
                     let Some(out) = self.outbound.remove(&id) else {
                         continue;
@@ -1146,7 +1157,10 @@ impl Session {
     /// its handle. Does not pump (callers decide when, so resend order is not disturbed).
     fn finish(&mut self, id: PacketId, outcome: Result<PublishOutcome, Error>) {
         if let Some(out) = self.outbound.remove(&id) {
-            self.order.remove(&out.order);
+            let outbound = &self.outbound;
+            self.order.tidy(outbound.len(), |o, id| {
+                outbound.get(&id).is_some_and(|out| out.order == o)
+            });
             if out.counted {
                 self.in_flight = self.in_flight.saturating_sub(1);
             }
