@@ -210,6 +210,8 @@ pub struct Session {
     retired: BTreeMap<u64, PacketId>,
     /// Every origin below this has left its queue durably.
     released_before: u64,
+    /// What store values are cut from (see [`encode_stored`]).
+    arena: BytesMut,
 }
 
 /// What the server said it accepts (CONNACK); MQTT's defaults until then.
@@ -284,15 +286,29 @@ const ORIGIN_MAGIC: &[u8; 8] = b"PAHOORG1";
 ///
 /// It takes the packet by reference (callers wrap their PUBLISH and take it back out), so that
 /// encoding it costs no clone of the message.
-fn encode_stored(packet: &Packet, origin: Option<u64>) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::new();
-    packet.encode(&mut buf)?;
+///
+/// The value is cut from `arena`, a shared buffer of [`ARENA_CHUNK`] bytes that the next
+/// values are cut from too, so a small message costs no allocation of its own (a reference
+/// count instead). When the chunk is full, encoding reserves a new one (or reuses the old one
+/// in place if every value cut from it is gone); a value larger than a chunk gets a buffer of
+/// its own size. The cost: a live value keeps its whole chunk alive, so memory held by the
+/// unacknowledged messages is at most one chunk per message even when the server acknowledges
+/// out of order, and about their own size when it acknowledges in order.
+fn encode_stored(
+    arena: &mut BytesMut,
+    packet: &Packet,
+    origin: Option<u64>,
+) -> Result<Bytes, Error> {
+    packet.encode(arena)?;
     if let Some(o) = origin {
-        buf.extend_from_slice(ORIGIN_MAGIC);
-        buf.extend_from_slice(&o.to_le_bytes());
+        arena.extend_from_slice(ORIGIN_MAGIC);
+        arena.extend_from_slice(&o.to_le_bytes());
     }
-    Ok(buf.freeze())
+    Ok(arena.split().freeze())
 }
+
+/// The size of the shared buffer that store values are cut from (see [`encode_stored`]).
+const ARENA_CHUNK: usize = 2048;
 
 /// Splits a stored value into its packet and origin (see [`encode_stored`]).
 fn decode_stored(value: &Bytes) -> Result<(Packet, Option<u64>), &'static str> {
@@ -336,6 +352,7 @@ impl Session {
             actions: VecDeque::new(),
             retired: BTreeMap::new(),
             released_before: 0,
+            arena: BytesMut::with_capacity(ARENA_CHUNK),
         }
     }
 
@@ -682,7 +699,7 @@ impl Session {
                     // must republish it, not resend a PUBREL that the new server session would
                     // answer with 0x92 (taken as success).
                     let packet = Packet::Publish(p);
-                    let value = encode_stored(&packet, out.origin);
+                    let value = encode_stored(&mut self.arena, &packet, out.origin);
                     let Packet::Publish(p) = packet else {
                         continue;
                     };
@@ -1016,7 +1033,7 @@ impl Session {
                 continue;
             }
             let packet = Packet::Publish(publish);
-            let value = encode_stored(&packet, origin);
+            let value = encode_stored(&mut self.arena, &packet, origin);
             let Packet::Publish(publish) = packet else {
                 break;
             };
@@ -1235,7 +1252,7 @@ impl Session {
                     // PUBCOMP, it may never have released the message, and it must be
                     // republished, even by a restarted process.
                     let packet = Packet::Publish(p);
-                    let value = encode_stored(&packet, out.origin);
+                    let value = encode_stored(&mut self.arena, &packet, out.origin);
                     let Packet::Publish(p) = packet else {
                         return Ok(());
                     };
