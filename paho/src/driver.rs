@@ -137,6 +137,9 @@ pub(crate) struct Driver<T, S: Store> {
     disconnect_replies: Vec<oneshot::Sender<()>>,
     closed_tx: watch::Sender<Option<Result<(), Error>>>,
     stats: Arc<crate::session_handle::LiveStats>,
+    /// The time, read once per wake-up of the loop (not per packet or command): every input
+    /// of one wake-up happens at the same instant.
+    now: Instant,
 }
 
 impl<T, S> Driver<T, S>
@@ -208,6 +211,7 @@ where
             disconnect_replies: Vec::new(),
             closed_tx,
             stats: Arc::clone(&shared.stats),
+            now,
         }
     }
 
@@ -275,6 +279,7 @@ where
                 () = backlog.drained.notified(), if app_blocked => Event::Drained,
                 () = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
+            self.now = Instant::now();
             match event {
                 Event::Stored(None) => {}
                 Event::Stored(Some(r)) => {
@@ -309,7 +314,7 @@ where
                 Event::Flushed(Ok(())) => self.needs_flush = false,
                 Event::Read(Ok(0)) => return Err(Error::ConnectionClosed),
                 Event::Read(Ok(_)) => {
-                    self.keepalive.received(Instant::now());
+                    self.keepalive.received(self.now);
                     self.parse()?;
                 }
                 Event::Command(None) => {
@@ -399,7 +404,7 @@ where
                 reply,
             } => {
                 tracing::trace!(topic = %publish.topic, qos = ?publish.qos, origin, "publish requested");
-                let now = Instant::now().into_std();
+                let now = self.now.into_std();
                 let session = &mut self.state.session;
                 match reply {
                     PublishReply::Written(reply) => {
@@ -429,7 +434,7 @@ where
                 let r = self
                     .state
                     .session
-                    .subscribe(subscribe, Instant::now().into_std())
+                    .subscribe(subscribe, self.now.into_std())
                     .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
@@ -438,18 +443,13 @@ where
                 let r = self
                     .state
                     .session
-                    .unsubscribe(unsubscribe, Instant::now().into_std())
+                    .unsubscribe(unsubscribe, self.now.into_std())
                     .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
             }
             Command::Ack(token) => {
-                if self
-                    .state
-                    .session
-                    .ack(token, Instant::now().into_std())
-                    .is_err()
-                {
+                if self.state.session.ack(token, self.now.into_std()).is_err() {
                     tracing::debug!(id = token.packet_id().get(), "stale ack ignored");
                 }
                 self.drain(None)?;
@@ -736,7 +736,7 @@ where
             return Ok(());
         }
         for t in std::mem::take(&mut self.orphan_acks) {
-            let _ = self.state.session.ack(t, Instant::now().into_std());
+            let _ = self.state.session.ack(t, self.now.into_std());
         }
         self.drain(None)
     }
@@ -745,7 +745,7 @@ where
     fn put(&mut self, p: &Packet) -> Result<(), Error> {
         let n = p.encode_with_max(&mut self.wbuf, self.max_out)?;
         self.queued += n as u64;
-        self.keepalive.sent(Instant::now());
+        self.keepalive.sent(self.now);
         Ok(())
     }
 
@@ -785,7 +785,7 @@ where
                 );
                 self.state
                     .session
-                    .handle(Packet::Publish(publish), Instant::now().into_std())?;
+                    .handle(Packet::Publish(publish), self.now.into_std())?;
                 if qos != QoS::AtMostOnce {
                     self.check_receive_maximum()?;
                 }
@@ -798,7 +798,7 @@ where
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)) => {
                 tracing::trace!(packet = p.packet_type().name(), "in");
-                self.state.session.handle(p, Instant::now().into_std())?;
+                self.state.session.handle(p, self.now.into_std())?;
                 self.drain(None)
             }
             Packet::PingResp => {
