@@ -59,7 +59,7 @@ fn count() {
     }
     let n = ALLOCS.fetch_add(1, Ordering::Relaxed);
     let every = SAMPLE_EVERY.load(Ordering::Relaxed);
-    if every != 0 && n % every == 0 {
+    if every != 0 && n.is_multiple_of(every) {
         SAMPLING.with(|s| s.set(true));
         let bt = std::backtrace::Backtrace::force_capture().to_string();
         // The frames of interest: the first few below the allocator.
@@ -92,7 +92,7 @@ fn print_sites() {
     let mut g = SITES.lock().unwrap_or_else(|p| p.into_inner());
     let Some(map) = g.take() else { return };
     let mut v: Vec<_> = map.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     for (site, n) in v.into_iter().take(12) {
         println!("--- {n} samples\n{site}");
     }
@@ -152,10 +152,7 @@ async fn sink(mut s: TcpStream) {
         };
         len += n;
         let mut at = 0;
-        loop {
-            let Some((hdr, body)) = frame(&buf[at..len]) else {
-                break;
-            };
+        while let Some((hdr, body)) = frame(&buf[at..len]) {
             let b0 = buf[at];
             let p = &buf[at + hdr..at + hdr + body];
             match b0 >> 4 {
