@@ -403,7 +403,11 @@ async fn a_reused_id_is_resent_once_in_its_new_place() {
     let fives: Vec<usize> = (0..resent.len())
         .filter(|&i| resent[i].packet_id == Some(pid(5)))
         .collect();
-    assert_eq!(fives, vec![65_534], "id 5 once, where its new exchange was sent");
+    assert_eq!(
+        fives,
+        vec![65_534],
+        "id 5 once, where its new exchange was sent"
+    );
     assert_eq!(&resent[65_534].payload[..], b"last");
 }
 
