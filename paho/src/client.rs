@@ -14,8 +14,8 @@ use paho_packets::{
     UnsubscribeProperties, MAX_PACKET_SIZE,
 };
 use paho_session::{
-    AckToken, Action, PublishCompletion, PublishOutcome, Store, SubscribeCompletion,
-    UnsubscribeCompletion,
+    AckToken, Action, PublishCompleter, PublishCompletion, PublishOutcome, Store,
+    SubscribeCompletion, UnsubscribeCompletion,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedMutexGuard};
@@ -31,13 +31,15 @@ use crate::Error;
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// A request from a [`Client`] handle to the connection's task.
+// Publish is the large variant and the hot one: boxing it would cost an allocation per
+// message, to save bytes in commands that are rare.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
-    /// `None` in the reply: a QoS 0 message was written.
     Publish {
         publish: Publish,
         /// The outgoing queue entry it comes from (`Session::publish_with_origin`).
         origin: Option<u64>,
-        reply: Reply<Option<PublishCompletion>>,
+        reply: PublishReply,
     },
     /// `Session::release_origins_before`.
     ReleaseOrigins(u64),
@@ -59,13 +61,31 @@ pub(crate) enum Command {
     },
 }
 
+/// Where a publish's outcome goes.
+pub(crate) enum PublishReply {
+    /// QoS 0: answered (`None`) once the message is written, since nothing else will answer.
+    Written(Reply<Option<PublishCompletion>>),
+    /// QoS 1/2: the session completes the handle's completion directly (made in
+    /// `start_publish`, so one allocation per publish carries every event). Dropped before
+    /// the session took it, the handle hears `NotHandedOver`, which is `ConnectionClosed`.
+    Session(PublishCompleter),
+}
+
 impl Command {
     /// Answers the command's caller with `error` (the connection ended before it was done).
     pub(crate) fn fail(self, error: Error) {
         match self {
-            Command::Publish { reply, .. } => {
+            Command::Publish {
+                reply: PublishReply::Written(reply),
+                ..
+            } => {
                 let _ = reply.send(Err(error));
             }
+            // Dropping it answers "never reached the session".
+            Command::Publish {
+                reply: PublishReply::Session(_),
+                ..
+            } => {}
             Command::Subscribe { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
@@ -341,7 +361,16 @@ impl Client {
         if let Err(e) = self.shared.caps.check_publish(&publish) {
             return PublishHandle::failed(e);
         }
-        let (reply, rx) = oneshot::channel();
+        let (reply, state) = if publish.qos == QoS::AtMostOnce {
+            let (reply, rx) = oneshot::channel();
+            (PublishReply::Written(reply), PubState::Reply(rx))
+        } else {
+            let (completer, completion) = PublishCompletion::pair_for_handover();
+            (
+                PublishReply::Session(completer),
+                PubState::Completion(completion),
+            )
+        };
         if self
             .tx
             .send(Command::Publish {
@@ -353,9 +382,7 @@ impl Client {
         {
             return PublishHandle::failed(Error::ConnectionClosed);
         }
-        PublishHandle {
-            state: PubState::Reply(rx),
-        }
+        PublishHandle { state }
     }
 
     /// Subscribes to one or more topic filters and returns the SUBACK with one reason code per

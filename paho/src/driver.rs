@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::alias;
 use crate::auth::Authenticator;
-use crate::client::{Command, Reply, Shared};
+use crate::client::{Command, PublishReply, Reply, Shared};
 use crate::keepalive::{Due, KeepAlive};
 use crate::message::{Backlog, Delivered};
 use crate::options::ConnectOptions;
@@ -48,14 +48,19 @@ const ALIAS_OVERHEAD: u64 = 5;
 type StoreFuture =
     Pin<Box<dyn Future<Output = (Option<PacketId>, Result<(), paho_session::Error>)> + Send>>;
 
-fn store_future<S: Store>(op: StoreOp, store: &S) -> StoreFuture {
-    let put = match &op {
+/// The packet id of the outbound exchange `op` puts, if it does.
+fn outbound_put(op: &StoreOp) -> Option<PacketId> {
+    match op {
         StoreOp::Put {
             key: Key::Outbound(id),
             ..
         } => Some(*id),
         _ => None,
-    };
+    }
+}
+
+fn store_future<S: Store>(op: StoreOp, store: &S) -> StoreFuture {
+    let put = outbound_put(&op);
     let fut = op.apply(store);
     Box::pin(async move { (put, fut.await) })
 }
@@ -132,6 +137,9 @@ pub(crate) struct Driver<T, S: Store> {
     disconnect_replies: Vec<oneshot::Sender<()>>,
     closed_tx: watch::Sender<Option<Result<(), Error>>>,
     stats: Arc<crate::session_handle::LiveStats>,
+    /// The time, read once per wake-up of the loop (not per packet or command): every input
+    /// of one wake-up happens at the same instant.
+    now: Instant,
 }
 
 impl<T, S> Driver<T, S>
@@ -203,6 +211,7 @@ where
             disconnect_replies: Vec::new(),
             closed_tx,
             stats: Arc::clone(&shared.stats),
+            now,
         }
     }
 
@@ -270,6 +279,7 @@ where
                 () = backlog.drained.notified(), if app_blocked => Event::Drained,
                 () = timer.as_mut(), if deadline.is_some() => Event::Timer,
             };
+            self.now = Instant::now();
             match event {
                 Event::Stored(None) => {}
                 Event::Stored(Some(r)) => {
@@ -304,7 +314,7 @@ where
                 Event::Flushed(Ok(())) => self.needs_flush = false,
                 Event::Read(Ok(0)) => return Err(Error::ConnectionClosed),
                 Event::Read(Ok(_)) => {
-                    self.keepalive.received(Instant::now());
+                    self.keepalive.received(self.now);
                     self.parse()?;
                 }
                 Event::Command(None) => {
@@ -393,26 +403,29 @@ where
                 origin,
                 reply,
             } => {
-                let qos = publish.qos;
-                tracing::trace!(topic = %publish.topic, ?qos, origin, "publish requested");
-                let now = Instant::now().into_std();
+                tracing::trace!(topic = %publish.topic, qos = ?publish.qos, origin, "publish requested");
+                let now = self.now.into_std();
                 let session = &mut self.state.session;
-                let started = match origin {
-                    Some(o) => session.publish_with_origin(publish, o, now),
-                    None => session.publish(publish, now),
-                };
-                match started {
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                match reply {
+                    PublishReply::Written(reply) => {
+                        let started = match origin {
+                            Some(o) => session.publish_with_origin(publish, o, now),
+                            None => session.publish(publish, now),
+                        };
+                        match started {
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                            }
+                            // A QoS 0 publish's completion is a ready value (nothing
+                            // allocated); the caller hears once its bytes are written.
+                            Ok(_sent) => self.drain(Some(reply))?,
+                        }
                     }
-                    Ok(completion) if qos == QoS::AtMostOnce => {
-                        drop(completion);
-                        self.drain(Some(reply))?;
-                    }
-                    Ok(completion) => {
-                        // If the caller is gone, the dropped completion withdraws a message
-                        // still waiting for quota; a stored one goes on regardless.
-                        let _ = reply.send(Ok(Some(completion)));
+                    PublishReply::Session(completer) => {
+                        // The caller's handle already holds the completion. If the caller is
+                        // gone, that withdraws a message still waiting for quota; a stored
+                        // one goes on regardless.
+                        session.publish_with(publish, origin, completer, now);
                         self.drain(None)?;
                     }
                 }
@@ -421,7 +434,7 @@ where
                 let r = self
                     .state
                     .session
-                    .subscribe(subscribe, Instant::now().into_std())
+                    .subscribe(subscribe, self.now.into_std())
                     .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
@@ -430,18 +443,13 @@ where
                 let r = self
                     .state
                     .session
-                    .unsubscribe(unsubscribe, Instant::now().into_std())
+                    .unsubscribe(unsubscribe, self.now.into_std())
                     .map_err(Error::from);
                 let _ = reply.send(r);
                 self.drain(None)?;
             }
             Command::Ack(token) => {
-                if self
-                    .state
-                    .session
-                    .ack(token, Instant::now().into_std())
-                    .is_err()
-                {
+                if self.state.session.ack(token, self.now.into_std()).is_err() {
                     tracing::debug!(id = token.packet_id().get(), "stale ack ignored");
                 }
                 self.drain(None)?;
@@ -532,9 +540,23 @@ where
         while let Some(action) = self.state.session.poll_action() {
             match action {
                 Action::Store(op) => {
-                    let fut = store_future(op, &self.state.store);
-                    self.stores.push_back(fut);
                     self.stores_started += 1;
+                    if self.stores.is_empty() && self.state.store.is_immediate() {
+                        // A store that completes when called (the memory store) is applied in
+                        // place: nothing is in progress before it, so it is done before the
+                        // actions after it are looked at, and nothing needs holding.
+                        let put = outbound_put(&op);
+                        let r = op.apply_now(&self.state.store);
+                        if let Err(e) = self.store_done((put, r)) {
+                            if let Some(w) = qos0.take() {
+                                let _ = w.send(Err(e.clone()));
+                            }
+                            return Err(e);
+                        }
+                    } else {
+                        let fut = store_future(op, &self.state.store);
+                        self.stores.push_back(fut);
+                    }
                 }
                 Action::Abandoned(p) => self.abandon(p),
                 Action::Send(p) => {
@@ -714,7 +736,7 @@ where
             return Ok(());
         }
         for t in std::mem::take(&mut self.orphan_acks) {
-            let _ = self.state.session.ack(t, Instant::now().into_std());
+            let _ = self.state.session.ack(t, self.now.into_std());
         }
         self.drain(None)
     }
@@ -723,7 +745,7 @@ where
     fn put(&mut self, p: &Packet) -> Result<(), Error> {
         let n = p.encode_with_max(&mut self.wbuf, self.max_out)?;
         self.queued += n as u64;
-        self.keepalive.sent(Instant::now());
+        self.keepalive.sent(self.now);
         Ok(())
     }
 
@@ -763,7 +785,7 @@ where
                 );
                 self.state
                     .session
-                    .handle(Packet::Publish(publish), Instant::now().into_std())?;
+                    .handle(Packet::Publish(publish), self.now.into_std())?;
                 if qos != QoS::AtMostOnce {
                     self.check_receive_maximum()?;
                 }
@@ -776,7 +798,7 @@ where
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)) => {
                 tracing::trace!(packet = p.packet_type().name(), "in");
-                self.state.session.handle(p, Instant::now().into_std())?;
+                self.state.session.handle(p, self.now.into_std())?;
                 self.drain(None)
             }
             Packet::PingResp => {

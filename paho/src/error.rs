@@ -111,6 +111,8 @@ impl From<paho_session::Error> for Error {
             S::PacketTooLarge { size, max } => Error::PacketTooLarge { size, max },
             S::NotSupported { reason_code, what } => Error::NotSupported { reason_code, what },
             S::Codec(c) => Error::Codec(c),
+            // The connection closed before it took the message (see `PublishReply`).
+            S::NotHandedOver => Error::ConnectionClosed,
             S::Protocol { reason_code, what } => Error::Protocol {
                 reason_code,
                 what: what.to_owned(),

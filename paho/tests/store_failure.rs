@@ -26,10 +26,28 @@ async fn connect(store: Flaky) -> (Client, paho::Incoming, Peer, SessionHandle<F
     (c, i, server.await.unwrap(), session)
 }
 
+/// A store the driver awaits (`false`) or applies in place (`true`, as the memory store).
+fn flaky(immediate: bool) -> Flaky {
+    if immediate {
+        Flaky::immediate()
+    } else {
+        Flaky::default()
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_put_is_not_stored_and_earlier_stored_publishes_are_outcome_unknown() {
+    failed_put_is_not_stored(false).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_put_is_not_stored_and_earlier_stored_publishes_are_outcome_unknown_in_place() {
+    failed_put_is_not_stored(true).await
+}
+
+async fn failed_put_is_not_stored(immediate: bool) {
     within(LIMIT, async {
-        let store = Flaky::default();
+        let store = flaky(immediate);
         let (client, _incoming, mut peer, _session) = connect(store.clone()).await;
         let earlier = client.start_publish(publish("t", QoS::AtLeastOnce, "stored"));
         assert!(matches!(peer.expect().await, Packet::Publish(_)));
@@ -59,8 +77,17 @@ async fn a_failed_put_is_not_stored_and_earlier_stored_publishes_are_outcome_unk
 
 #[tokio::test(start_paused = true)]
 async fn a_put_whose_outcome_is_unknown_is_reported_so() {
+    put_outcome_unknown(false).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_put_whose_outcome_is_unknown_is_reported_so_in_place() {
+    put_outcome_unknown(true).await
+}
+
+async fn put_outcome_unknown(immediate: bool) {
     within(LIMIT, async {
-        let store = Flaky::default();
+        let store = flaky(immediate);
         let (client, _incoming, _peer, _session) = connect(store.clone()).await;
         store.fail_after_puts(0, true);
         let h = client.start_publish(publish("t", QoS::ExactlyOnce, "maybe"));

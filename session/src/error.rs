@@ -139,6 +139,12 @@ pub enum Error {
     /// The operation needs a connection, but none is up.
     #[error("not connected")]
     NotConnected,
+    /// The publish never reached a session: its [`PublishCompleter`](crate::PublishCompleter)
+    /// was dropped before it was given to [`Session::publish_with`](crate::Session::publish_with)
+    /// (in `paho`: the connection closed before it took the message). "Not done": publishing
+    /// it again is safe.
+    #[error("the message never reached the session")]
+    NotHandedOver,
     /// The application acknowledged a message received on a connection that has since closed.
     /// Nothing is sent: the server redelivers the message on the next connection (a QoS 1
     /// message is then delivered again; a QoS 2 one is acknowledged without being delivered

@@ -134,8 +134,9 @@ mod error;
 pub mod store;
 
 pub use engine::{
-    AckToken, Action, Completion, Delivery, PacketIds, PublishCompletion, PublishOutcome, Session,
-    SessionConfig, SessionLostPolicy, StoreOp, SubscribeCompletion, UnsubscribeCompletion,
+    AckToken, Action, Completion, Delivery, PacketIds, PublishCompleter, PublishCompletion,
+    PublishOutcome, Session, SessionConfig, SessionLostPolicy, StoreOp, SubscribeCompletion,
+    UnsubscribeCompletion,
 };
 pub use error::Error;
 pub use store::file::{FileStore, FileStoreOptions, StoreIdentity, StoreStats};

@@ -376,6 +376,41 @@ async fn all_ids_exhausted_then_freed_then_reused() {
     assert!(again.await.unwrap().is_success());
 }
 
+/// An id freed and reused at once (every other id is held) leaves the old exchange's place
+/// in the send order behind: a resend goes by the new exchange's place, once.
+#[tokio::test]
+async fn a_reused_id_is_resent_once_in_its_new_place() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(u16::MAX)).await;
+    let mut handles = Vec::new();
+    for i in 0..65_535u32 {
+        handles.push(
+            h.session
+                .publish(msg(QoS::AtLeastOnce, "t", &i.to_string()), h.now)
+                .unwrap(),
+        );
+    }
+    h.drive().await;
+    h.take_wire();
+    // Id 5 finishes; the next publish can only get id 5 back.
+    h.feed(puback(pid(5))).await;
+    let _last = h.publish(msg(QoS::AtLeastOnce, "t", "last")).await;
+    assert_eq!(h.sent_publishes()[0].packet_id, Some(pid(5)));
+    h.drop_link().await;
+    h.connect(true, Some(u16::MAX)).await;
+    let resent = h.sent_publishes();
+    assert_eq!(resent.len(), 65_535, "every unfinished exchange once");
+    let fives: Vec<usize> = (0..resent.len())
+        .filter(|&i| resent[i].packet_id == Some(pid(5)))
+        .collect();
+    assert_eq!(
+        fives,
+        vec![65_534],
+        "id 5 once, where its new exchange was sent"
+    );
+    assert_eq!(&resent[65_534].payload[..], b"last");
+}
+
 #[tokio::test]
 async fn more_than_65535_sequential_publishes() {
     let mut h = memory_harness(HOUR);

@@ -28,6 +28,9 @@ pub struct Flaky {
     armed: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
     unknown: Arc<AtomicBool>,
+    /// Whether it tells the driver that its operations complete at once (while puts are not
+    /// held), so that the driver applies them in place instead of keeping their futures.
+    immediate: bool,
 }
 
 impl Default for Flaky {
@@ -40,11 +43,21 @@ impl Default for Flaky {
             armed: Arc::default(),
             failed: Arc::default(),
             unknown: Arc::default(),
+            immediate: false,
         }
     }
 }
 
 impl Flaky {
+    /// A store the driver applies in place ([`Store::is_immediate`]) until its puts are held,
+    /// as it does the memory store; the default one has its futures kept and awaited.
+    pub fn immediate() -> Self {
+        Flaky {
+            immediate: true,
+            ..Flaky::default()
+        }
+    }
+
     /// From now on every put waits until [`release`](Flaky::release) lets it through (the
     /// put is applied when it is let through, as a slow fsync would make it durable).
     pub fn hold_puts(&self) {
@@ -138,5 +151,10 @@ impl Store for Flaky {
 
     fn quarantined(&self) -> Vec<QuarantineReport> {
         self.inner.quarantined()
+    }
+
+    fn is_immediate(&self) -> bool {
+        // Its futures are ready at once unless puts are held.
+        self.immediate && !self.gated.load(Ordering::SeqCst)
     }
 }

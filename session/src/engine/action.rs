@@ -1,6 +1,8 @@
 //! What the engine asks its driver to do.
 
 use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use paho_packets::{Packet, PacketId, Publish, QoS};
@@ -76,6 +78,32 @@ impl StoreOp {
             StoreOp::Quarantine { key, reason } => Box::pin(store.quarantine(key, reason)),
         };
         fut
+    }
+
+    /// Performs the operation on a store that [completes at once](Store::is_immediate) and
+    /// returns its outcome, polling the store's future in place: nothing is boxed or kept.
+    ///
+    /// If the future is not ready after all (the store broke its `is_immediate` promise), the
+    /// operation was still enqueued and may take effect, so this answers
+    /// [`Error::OutcomeUnknown`].
+    pub fn apply_now<S: Store>(self, store: &S) -> Result<(), Error> {
+        match self {
+            StoreOp::Put { key, kind, value } => poll_once(store.put(key, kind, value)),
+            StoreOp::Delete(key) => poll_once(store.delete(key)),
+            StoreOp::Reset => poll_once(store.reset()),
+            StoreOp::Quarantine { key, reason } => poll_once(store.quarantine(key, reason)),
+        }
+    }
+}
+
+fn poll_once(fut: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    let mut fut = pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            tracing::error!("a store that claims to complete at once returned a pending future");
+            Err(Error::outcome_unknown(Error::StoreFailed))
+        }
     }
 }
 

@@ -1,6 +1,5 @@
-//! Packet identifier allocation without a 65,535-slot table.
+//! Packet identifier allocation: a cursor over a bit set of the ids in use.
 
-use std::collections::HashSet;
 use std::num::NonZeroU16;
 
 use paho_packets::PacketId;
@@ -9,23 +8,29 @@ use crate::Error;
 
 /// Hands out packet identifiers 1..=65,535, shared by PUBLISH, SUBSCRIBE and UNSUBSCRIBE.
 ///
-/// A cursor walks the id space and a set holds the ids in use. Allocation moves the cursor
-/// forward past ids in use; since the cursor only ever advances and a full wrap is bounded
-/// by the set's size, allocation is O(1) amortised while some ids are free, and memory is
-/// proportional to the ids in use rather than to the id space. Ids are reused only after a
-/// wrap, so a just-freed id is not handed straight out again (which keeps a late duplicate
-/// acknowledgement from matching a new exchange).
+/// A cursor walks the id space and a bit set (8 KiB, made on first use) holds the ids in use.
+/// Allocation moves the cursor forward past ids in use, a 64-id word at a time; since the
+/// cursor only ever advances and a full wrap is bounded by the id space, allocation is O(1)
+/// amortised while some ids are free. Ids are reused only after a wrap, so a just-freed id is
+/// not handed straight out again (which keeps a late duplicate acknowledgement from matching
+/// a new exchange).
 #[derive(Debug, Clone)]
 pub struct PacketIds {
     next: u16,
-    in_use: HashSet<u16>,
+    /// Bit `id % 64` of word `id / 64` is set while `id` is in use (bit 0 of word 0, id 0,
+    /// never is). Empty until the first id is taken.
+    bits: Vec<u64>,
+    in_use: usize,
 }
+
+const WORDS: usize = 65_536 / 64;
 
 impl Default for PacketIds {
     fn default() -> Self {
         PacketIds {
             next: 1,
-            in_use: HashSet::new(),
+            bits: Vec::new(),
+            in_use: 0,
         }
     }
 }
@@ -36,55 +41,94 @@ impl PacketIds {
         Self::default()
     }
 
+    fn bits(&mut self) -> &mut [u64] {
+        if self.bits.is_empty() {
+            self.bits = vec![0; WORDS];
+        }
+        &mut self.bits
+    }
+
+    /// Sets `id`'s bit; false if it was set already.
+    fn set(&mut self, id: u16) -> bool {
+        let (w, b) = (usize::from(id / 64), id % 64);
+        let word = &mut self.bits()[w];
+        if *word & (1 << b) != 0 {
+            return false;
+        }
+        *word |= 1 << b;
+        self.in_use += 1;
+        true
+    }
+
     /// Takes a free id, or fails with [`Error::PacketIdsExhausted`] when all 65,535 are in use.
     pub fn allocate(&mut self) -> Result<PacketId, Error> {
-        if self.in_use.len() >= usize::from(u16::MAX) {
+        if self.in_use >= usize::from(u16::MAX) {
             return Err(Error::PacketIdsExhausted);
         }
+        let mut at = self.next;
+        let bits = self.bits();
         loop {
-            let candidate = self.next;
-            self.next = if self.next == u16::MAX {
+            // The first free id at or after `at` within its word, if any.
+            let (w, b) = (usize::from(at / 64), u32::from(at % 64));
+            let free = !bits[w] & (u64::MAX << b);
+            // Id 0 is never handed out.
+            let free = if w == 0 { free & !1 } else { free };
+            if free != 0 {
+                let id = (w as u16) * 64 + free.trailing_zeros() as u16;
+                self.next = id.checked_add(1).unwrap_or(1);
+                self.set(id);
+                return NonZeroU16::new(id).ok_or(Error::PacketIdsExhausted);
+            }
+            // Next word, wrapping to the start of the id space.
+            at = if w + 1 == WORDS {
                 1
             } else {
-                self.next + 1
+                (w as u16 + 1) * 64
             };
-            if let Some(id) = NonZeroU16::new(candidate) {
-                if self.in_use.insert(candidate) {
-                    return Ok(id);
-                }
-            }
         }
     }
 
     /// Marks a specific id as in use (restoring a session). Returns false if it already was.
     pub fn claim(&mut self, id: PacketId) -> bool {
-        self.in_use.insert(id.get())
+        self.set(id.get())
     }
 
     /// Returns an id to the pool. Freeing a free id does nothing.
     pub fn free(&mut self, id: PacketId) {
-        self.in_use.remove(&id.get());
+        let id = id.get();
+        let (w, b) = (usize::from(id / 64), id % 64);
+        if let Some(word) = self.bits.get_mut(w) {
+            if *word & (1 << b) != 0 {
+                *word &= !(1 << b);
+                self.in_use -= 1;
+            }
+        }
     }
 
     /// Whether `id` is in use.
     pub fn is_in_use(&self, id: PacketId) -> bool {
-        self.in_use.contains(&id.get())
+        let id = id.get();
+        self.bits
+            .get(usize::from(id / 64))
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
     /// How many ids are in use.
     pub fn in_use(&self) -> usize {
-        self.in_use.len()
+        self.in_use
     }
 
     /// Frees every id.
     pub fn clear(&mut self) {
-        self.in_use.clear();
+        self.bits.fill(0);
+        self.in_use = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn never_zero_all_distinct_then_exhausted_then_reused() {

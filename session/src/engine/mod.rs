@@ -2,12 +2,14 @@
 
 mod action;
 mod completion;
+mod exchanges;
 mod ids;
 mod inbound;
 
 pub use action::{AckToken, Action, Delivery, StoreOp};
 pub use completion::{
-    Completion, PublishCompletion, PublishOutcome, SubscribeCompletion, UnsubscribeCompletion,
+    Completion, PublishCompleter, PublishCompletion, PublishOutcome, SubscribeCompletion,
+    UnsubscribeCompletion,
 };
 pub use ids::PacketIds;
 
@@ -185,9 +187,9 @@ pub struct Session {
     /// connection attempts do not move it: expiry counts from the loss of the session's link.
     lost_at: Option<Instant>,
     ids: PacketIds,
-    outbound: HashMap<PacketId, Outbound>,
+    outbound: exchanges::Slab<Outbound>,
     /// Send order of `outbound`, for resending.
-    order: BTreeMap<u64, PacketId>,
+    order: exchanges::SendOrder,
     next_order: u64,
     /// QoS 1/2 publishes waiting for a connection, send quota or a packet id, in arrival order.
     waiting: VecDeque<Waiting>,
@@ -208,6 +210,8 @@ pub struct Session {
     retired: BTreeMap<u64, PacketId>,
     /// Every origin below this has left its queue durably.
     released_before: u64,
+    /// What store values are cut from (see [`encode_stored`]).
+    arena: BytesMut,
 }
 
 /// What the server said it accepts (CONNACK); MQTT's defaults until then.
@@ -282,15 +286,29 @@ const ORIGIN_MAGIC: &[u8; 8] = b"PAHOORG1";
 ///
 /// It takes the packet by reference (callers wrap their PUBLISH and take it back out), so that
 /// encoding it costs no clone of the message.
-fn encode_stored(packet: &Packet, origin: Option<u64>) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::new();
-    packet.encode(&mut buf)?;
+///
+/// The value is cut from `arena`, a shared buffer of [`ARENA_CHUNK`] bytes that the next
+/// values are cut from too, so a small message costs no allocation of its own (a reference
+/// count instead). When the chunk is full, encoding reserves a new one (or reuses the old one
+/// in place if every value cut from it is gone); a value larger than a chunk gets a buffer of
+/// its own size. The cost: a live value keeps its whole chunk alive, so memory held by the
+/// unacknowledged messages is at most one chunk per message even when the server acknowledges
+/// out of order, and about their own size when it acknowledges in order.
+fn encode_stored(
+    arena: &mut BytesMut,
+    packet: &Packet,
+    origin: Option<u64>,
+) -> Result<Bytes, Error> {
+    packet.encode(arena)?;
     if let Some(o) = origin {
-        buf.extend_from_slice(ORIGIN_MAGIC);
-        buf.extend_from_slice(&o.to_le_bytes());
+        arena.extend_from_slice(ORIGIN_MAGIC);
+        arena.extend_from_slice(&o.to_le_bytes());
     }
-    Ok(buf.freeze())
+    Ok(arena.split().freeze())
 }
+
+/// The size of the shared buffer that store values are cut from (see [`encode_stored`]).
+const ARENA_CHUNK: usize = 2048;
 
 /// Splits a stored value into its packet and origin (see [`encode_stored`]).
 fn decode_stored(value: &Bytes) -> Result<(Packet, Option<u64>), &'static str> {
@@ -320,8 +338,8 @@ impl Session {
             link: Link::Down,
             lost_at: None,
             ids: PacketIds::new(),
-            outbound: HashMap::new(),
-            order: BTreeMap::new(),
+            outbound: exchanges::Slab::default(),
+            order: exchanges::SendOrder::default(),
             next_order: 0,
             waiting: VecDeque::new(),
             resend: VecDeque::new(),
@@ -334,6 +352,7 @@ impl Session {
             actions: VecDeque::new(),
             retired: BTreeMap::new(),
             released_before: 0,
+            arena: BytesMut::with_capacity(ARENA_CHUNK),
         }
     }
 
@@ -418,6 +437,16 @@ impl Session {
         Ok(())
     }
 
+    /// The unfinished exchanges' ids in send order.
+    fn ids_in_send_order(&self) -> Vec<PacketId> {
+        self.order
+            .snapshot()
+            .into_iter()
+            .filter(|(o, id)| self.outbound.get(id).is_some_and(|out| out.order == *o))
+            .map(|(_, id)| id)
+            .collect()
+    }
+
     fn insert_outbound(
         &mut self,
         id: PacketId,
@@ -428,7 +457,7 @@ impl Session {
         self.ids.claim(id);
         let order = self.next_order;
         self.next_order += 1;
-        self.order.insert(order, id);
+        self.order.push(order, id);
         self.outbound.insert(
             id,
             Outbound {
@@ -537,7 +566,7 @@ impl Session {
         {
             // Republished exchanges (Session Present = 0) go out like resent ones, in order,
             // but as first sends: `fresh` clears DUP.
-            let ids: Vec<PacketId> = self.order.values().copied().collect();
+            let ids = self.ids_in_send_order();
             for id in ids {
                 let Some(out) = self.outbound.get_mut(&id) else {
                     continue;
@@ -646,7 +675,7 @@ impl Session {
                 // Nothing leaves the store here: every exchange keeps its entry (and packet
                 // id, which the server no longer knows) until its new exchange finishes, so a
                 // crash now loses nothing. Inbound markers are deleted one by one.
-                let ids: Vec<PacketId> = self.order.values().copied().collect();
+                let ids = self.ids_in_send_order();
                 for id in ids {
                     let Some(out) = self.outbound.get_mut(&id) else {
                         continue;
@@ -670,7 +699,7 @@ impl Session {
                     // must republish it, not resend a PUBREL that the new server session would
                     // answer with 0x92 (taken as success).
                     let packet = Packet::Publish(p);
-                    let value = encode_stored(&packet, out.origin);
+                    let value = encode_stored(&mut self.arena, &packet, out.origin);
                     let Packet::Publish(p) = packet else {
                         continue;
                     };
@@ -688,7 +717,7 @@ impl Session {
                 }
             }
             SessionLostPolicy::Fail => {
-                let ids: Vec<PacketId> = self.order.values().copied().collect();
+                let ids = self.ids_in_send_order();
                 for id in ids {
                     let Some(out) = self.outbound.remove(&id) else {
                         continue;
@@ -805,12 +834,47 @@ impl Session {
         }
     }
 
+    /// [`publish`](Session::publish) (or [`publish_with_origin`](Session::publish_with_origin)
+    /// when `origin` is given) for a message whose completion was made before it reached the
+    /// session, by [`PublishCompletion::pair_for_handover`]: a driver that takes messages from
+    /// its handles over a channel gives each handle its completion at once, and only one
+    /// allocation is made per publish. Every outcome, an immediate failure included, goes to
+    /// `completer`; a QoS 0 message completes as [`PublishOutcome::Sent`] when it is queued.
+    pub fn publish_with(
+        &mut self,
+        publish: Publish,
+        origin: Option<u64>,
+        completer: PublishCompleter,
+        now: Instant,
+    ) {
+        let mut completer = completer.0;
+        completer.in_session();
+        match self.admit(publish, now) {
+            Err(e) => completer.complete(Err(e)),
+            Ok(None) => completer.complete(Ok(PublishOutcome::Sent)),
+            Ok(Some(publish)) => self.enqueue(publish, completer, origin, now),
+        }
+    }
+
     fn publish_inner(
         &mut self,
-        mut publish: Publish,
+        publish: Publish,
         origin: Option<u64>,
         now: Instant,
     ) -> Result<PublishCompletion, Error> {
+        match self.admit(publish, now)? {
+            None => Ok(Completion::ready(Ok(PublishOutcome::Sent))),
+            Some(publish) => {
+                let (completer, completion) = Completion::pair_with_stored();
+                self.enqueue(publish, completer, origin, now);
+                Ok(completion)
+            }
+        }
+    }
+
+    /// Checks a new publish. A QoS 0 one is sent at once (`None`); a QoS 1/2 one is returned,
+    /// checked, to join the queue.
+    fn admit(&mut self, mut publish: Publish, now: Instant) -> Result<Option<Publish>, Error> {
         self.tick(now);
         if publish.topic.is_empty() {
             return Err(Error::InvalidPacket(
@@ -827,15 +891,16 @@ impl Session {
             self.limits.check(&publish)?;
             self.actions
                 .push_back(Action::Send(Packet::Publish(publish)));
-            return Ok(Completion::ready(Ok(PublishOutcome::Sent)));
+            return Ok(None);
         }
-        // Validate now (with a placeholder id) so that a bad packet fails its caller instead of
-        // failing later inside the queue.
+        // Validate now so that a bad packet fails its caller instead of failing later inside
+        // the queue (`sent_len` sizes it with a packet id, without cloning it).
         publish.packet_id = Some(PacketId::MIN);
-        Packet::Publish(publish.clone()).encoded_len()?;
         if self.link == Link::Up {
             // Checked again when it leaves the queue, against the limits in force then.
             self.limits.check(&publish)?;
+        } else {
+            publish.sent_len()?;
         }
         if self.link == Link::Up
             && self.waiting.is_empty()
@@ -845,7 +910,16 @@ impl Session {
         {
             return Err(Error::PacketIdsExhausted);
         }
-        let (completer, completion) = Completion::pair_with_stored();
+        Ok(Some(publish))
+    }
+
+    fn enqueue(
+        &mut self,
+        publish: Publish,
+        completer: Completer<PublishOutcome>,
+        origin: Option<u64>,
+        now: Instant,
+    ) {
         self.waiting.push_back(Waiting {
             publish,
             completer,
@@ -853,7 +927,6 @@ impl Session {
             accepted: now,
         });
         self.pump();
-        Ok(completion)
     }
 
     /// Resends a stored PUBLISH with DUP set, using one unit of quota; or, if the server's
@@ -960,7 +1033,7 @@ impl Session {
                 continue;
             }
             let packet = Packet::Publish(publish);
-            let value = encode_stored(&packet, origin);
+            let value = encode_stored(&mut self.arena, &packet, origin);
             let Packet::Publish(publish) = packet else {
                 break;
             };
@@ -1101,7 +1174,10 @@ impl Session {
     /// its handle. Does not pump (callers decide when, so resend order is not disturbed).
     fn finish(&mut self, id: PacketId, outcome: Result<PublishOutcome, Error>) {
         if let Some(out) = self.outbound.remove(&id) {
-            self.order.remove(&out.order);
+            let outbound = &self.outbound;
+            self.order.tidy(outbound.len(), |o, id| {
+                outbound.get(&id).is_some_and(|out| out.order == o)
+            });
             if out.counted {
                 self.in_flight = self.in_flight.saturating_sub(1);
             }
@@ -1176,7 +1252,7 @@ impl Session {
                     // PUBCOMP, it may never have released the message, and it must be
                     // republished, even by a restarted process.
                     let packet = Packet::Publish(p);
-                    let value = encode_stored(&packet, out.origin);
+                    let value = encode_stored(&mut self.arena, &packet, out.origin);
                     let Packet::Publish(p) = packet else {
                         return Ok(());
                     };

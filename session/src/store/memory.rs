@@ -103,4 +103,8 @@ impl Store for MemoryStore {
     fn quarantined(&self) -> Vec<QuarantineReport> {
         self.lock().quarantined.clone()
     }
+
+    fn is_immediate(&self) -> bool {
+        true
+    }
 }

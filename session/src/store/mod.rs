@@ -245,6 +245,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Everything quarantined since this store was opened: corrupt stretches found while
     /// opening, and entries passed to [`quarantine`](Store::quarantine).
     fn quarantined(&self) -> Vec<QuarantineReport>;
+
+    /// Whether the operations this store is asked for *now* complete when they are called:
+    /// the futures `put`, `delete`, `reset` and `quarantine` return are ready at their first
+    /// poll ([`MemoryStore`]). A driver may then apply them in place
+    /// ([`StoreOp::apply_now`](crate::StoreOp::apply_now)) instead of keeping their futures and
+    /// holding back the packets that depend on them: no allocation, no queue.
+    ///
+    /// The default, `false`, is always correct. A store that answers `true` and then returns a
+    /// pending future breaks this promise; [`StoreOp::apply_now`](crate::StoreOp::apply_now)
+    /// reports that operation as [`Error::OutcomeUnknown`] (it was enqueued, so it may still
+    /// take effect).
+    fn is_immediate(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn check_put(key: Key, kind: EntryKind, value: &Bytes) -> Result<(), Error> {
