@@ -67,6 +67,10 @@ pub fn check(data: &[u8]) {
     let Ok(cfg) = Config::arbitrary(&mut u) else {
         return;
     };
+    let debug = std::env::var_os("PAHO_FUZZ_DEBUG").is_some();
+    if debug {
+        eprintln!("{cfg:?}");
+    }
     let mut world = World::new(cfg);
     world.connect(false, None);
     for _ in 0..MAX_OPS {
@@ -76,6 +80,9 @@ pub fn check(data: &[u8]) {
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
+        if debug {
+            eprintln!("{op:?}");
+        }
         world.step(op);
     }
     world.settle();

@@ -274,7 +274,9 @@ fn run(input: &Input, dir: &Path) {
     let mut clean = true;
     let mut recs: Vec<&Rec> = Vec::new();
     if let Some(pieces) = &input.log {
-        for p in pieces {
+        for (i, p) in pieces.iter().enumerate() {
+            // Raw bytes right after a cut record may complete it again.
+            let raw_next = matches!(pieces.get(i + 1), Some(Piece::Raw(_)));
             match p {
                 Piece::Record(r) => {
                     log.extend_from_slice(&encode(r));
@@ -292,7 +294,7 @@ fn run(input: &Input, dir: &Path) {
                     let b = encode(r);
                     let keep = usize::from(*keep) % b.len();
                     log.extend_from_slice(&b[..keep]);
-                    damaged |= keep > 0;
+                    damaged |= keep > 0 && !raw_next;
                     clean = false;
                 }
                 Piece::Raw(b) => {
