@@ -20,7 +20,8 @@
 //!   it hit an entry already consumed, or the input holds notes or raw bytes that may say
 //!   "already reported"); with no report at all, a directory of well-formed records and good
 //!   headers yields exactly the entries a model of them holds, in order;
-//! - a reopen of the drained queue finds it empty and reports nothing new.
+//! - the queue works after opening: an entry enqueued gets a higher sequence number than any
+//!   read, and a reopen finds just that entry and reports nothing new.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -127,6 +128,8 @@ const SEGMENT_MAGIC: [u8; 8] = *b"PAHOQSEG";
 const RECORD_MAGIC: u32 = 0x5051_5243;
 const HEADER: usize = 24;
 const RECORD_HEADER: usize = 36;
+/// Mirrors `format::MAX_SEQ`.
+const MAX_SEQ: u64 = 1 << 62;
 
 fn file_header(base: u64) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
@@ -247,27 +250,36 @@ fn run(input: &Input, dir: &Path) {
     let mut seqs = Seqs { last: None };
     // Per base (ascending, as the queue orders segments): entries in file order.
     let mut by_base: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    let mut ignored: Vec<u64> = Vec::new();
     let mut heads: Vec<u64> = Vec::new();
     // Payload-damaged entries: (seq, base); reported only if not consumed.
     let mut hurt_entries: Vec<u64> = Vec::new();
     for seg in &input.segments {
         let base = seg.base.get();
-        if by_base.contains_key(&base) {
+        if by_base.contains_key(&base) || ignored.contains(&base) {
             continue; // one file per base
         }
+        // No queue reaches a base of MAX_SEQ: such a file is not one of its segments, and is
+        // left alone (what it holds is neither loaded nor damage).
+        let segment = base < MAX_SEQ;
+        let mut seg_modelled = true;
+        let mut seg_suppressible = false;
+        let mut seg_must_report = false;
+        let mut seg_hurt: Vec<u64> = Vec::new();
+        let mut seg_heads: Vec<u64> = Vec::new();
         let mut file = Vec::new();
         match &seg.header {
             Header::Good => file.extend_from_slice(&file_header(base)),
             Header::Other(b) => {
                 file.extend_from_slice(&file_header(*b));
-                modelled &= *b == base;
+                seg_modelled &= *b == base;
             }
             Header::Raw(b) => {
                 file.extend_from_slice(b);
-                modelled = false;
-                suppressible = true;
+                seg_modelled = false;
+                seg_suppressible = true;
             }
-            Header::Absent => modelled = false,
+            Header::Absent => seg_modelled = false,
         }
         let mut entries = Vec::new();
         for p in &seg.pieces {
@@ -279,14 +291,14 @@ fn run(input: &Input, dir: &Path) {
                         entries.push(e);
                     }
                     if let Some(h) = w.head {
-                        heads.push(h);
+                        seg_heads.push(h);
                     }
                     match r {
                         Rec::Entry { .. } | Rec::Head { .. } => {}
-                        Rec::Quarantined { .. } => modelled = false,
+                        Rec::Quarantined { .. } => seg_modelled = false,
                         Rec::Note { .. } => {
-                            modelled = false;
-                            suppressible = true;
+                            seg_modelled = false;
+                            seg_suppressible = true;
                         }
                     }
                 }
@@ -296,42 +308,51 @@ fn run(input: &Input, dir: &Path) {
                     let bit = usize::from(*bit) % (8 * b.len());
                     b[bit / 8] ^= 1 << (bit % 8);
                     file.extend_from_slice(&b);
-                    modelled = false;
+                    seg_modelled = false;
                     match (r, w.entry) {
                         (Rec::Entry { .. }, Some((seq, _))) if bit >= 8 * RECORD_HEADER => {
-                            hurt_entries.push(seq);
+                            seg_hurt.push(seq);
                         }
                         (Rec::Head { .. }, _) => {
                             // A head record that no longer parses is damage; one whose flip
                             // left it parseable cannot be (the header is checksummed).
-                            must_report = true;
+                            seg_must_report = true;
                         }
-                        _ => must_report = true,
+                        _ => seg_must_report = true,
                     }
                     if let Some(h) = w.head {
-                        heads.push(h);
+                        seg_heads.push(h);
                     }
                 }
                 Piece::Cut(r, keep) => {
                     let w = encode(r, &mut seqs, base);
                     let keep = usize::from(*keep) % w.bytes.len();
                     file.extend_from_slice(&w.bytes[..keep]);
-                    modelled = false;
-                    must_report |= keep > 0;
+                    seg_modelled = false;
+                    seg_must_report |= keep > 0;
                     if let Some(h) = w.head {
-                        heads.push(h);
+                        seg_heads.push(h);
                     }
                 }
                 Piece::Raw(b) => {
                     file.extend_from_slice(b);
-                    modelled = false;
-                    suppressible = true;
+                    seg_modelled = false;
+                    seg_suppressible = true;
                 }
             }
         }
         written += file.len();
         std::fs::write(dir.join(format!("seg-{base:020}.q")), &file).expect("writing the input");
-        by_base.insert(base, entries);
+        if segment {
+            by_base.insert(base, entries);
+            must_report |= seg_must_report;
+            hurt_entries.extend(seg_hurt);
+            heads.extend(seg_heads);
+            modelled &= seg_modelled;
+            suppressible |= seg_suppressible;
+        } else {
+            ignored.push(base);
+        }
     }
     if let Some(q) = &input.quarantine {
         written += q.len();
@@ -379,10 +400,16 @@ fn run(input: &Input, dir: &Path) {
             break;
         };
         if let Some((prev, _)) = drained.last() {
-            assert!(entry.seq() > *prev, "entries out of order: {prev} then {}", entry.seq());
+            assert!(
+                entry.seq() > *prev,
+                "entries out of order: {prev} then {}",
+                entry.seq()
+            );
         }
         // The enqueue time is whatever the file said; reading it must not panic.
-        let _ = entry.enqueued_at().duration_since(SystemTime::UNIX_EPOCH + Duration::ZERO);
+        let _ = entry
+            .enqueued_at()
+            .duration_since(SystemTime::UNIX_EPOCH + Duration::ZERO);
         drained.push((entry.seq(), entry.payload().to_vec()));
         block_on(queue.finish(entry, Finish::Remove)).expect("removing the head");
         let more = queue.take_reports();
@@ -407,6 +434,14 @@ fn run(input: &Input, dir: &Path) {
         drained.len()
     );
     assert_eq!(queue.len(), 0, "drained, yet len() is not 0");
+    let after = block_on(queue.enqueue(
+        bytes::Bytes::from_static(b"after open"),
+        SystemTime::UNIX_EPOCH,
+    ))
+    .expect("an enqueue after opening");
+    if let Some((last, _)) = drained.last() {
+        assert!(after.seq() > *last, "sequence numbers went back: {last} then {}", after.seq());
+    }
     block_on(queue.close()).expect("closing");
     drop(armed);
 
@@ -435,8 +470,11 @@ fn run(input: &Input, dir: &Path) {
     let armed = alloc_limit::arm(limit);
     let again = FileQueue::builder(dir)
         .open_blocking()
-        .expect("reopening a drained queue");
-    assert_eq!(again.len(), 0, "a drained queue reopened with entries");
+        .expect("reopening the queue");
+    assert_eq!(again.len(), 1, "reopened with other entries than the one enqueued");
+    let entry = again.peek().expect("peek").expect("the entry enqueued after opening");
+    assert_eq!((entry.seq(), entry.payload().as_ref()), (after.seq(), &b"after open"[..]));
+    block_on(again.finish(entry, Finish::Remove)).expect("removing it");
     let new_reports = again.take_reports();
     block_on(again.close()).expect("closing");
     drop(armed);

@@ -7,8 +7,8 @@
 use std::collections::HashSet;
 
 use super::format::{
-    decode_file_header, encode_file_header, Kind, Note, FILE_HEADER_LEN, RECORD_HEADER_LEN,
-    SEGMENT_MAGIC,
+    decode_file_header, encode_file_header, Kind, Note, FILE_HEADER_LEN, MAX_SEQ,
+    RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
 use super::fs::create_dir_durably;
 use super::scan::{scan, Item};
@@ -125,15 +125,17 @@ impl Worker {
                         let start = offset as usize + RECORD_HEADER_LEN;
                         let payload = &data[start..start + header.len as usize];
                         match header.kind {
-                            Kind::Head => match Note::decode(&header, payload) {
-                                // A note whose payload fails its checksum is ignored: the worst
-                                // outcome is quarantining and reporting its damage again.
-                                Some(note) if data_ok => {
-                                    notes.insert(note);
+                            Kind::Head if header.seq < MAX_SEQ => {
+                                match Note::decode(&header, payload) {
+                                    // A note whose payload fails its checksum is ignored: the worst
+                                    // outcome is quarantining and reporting its damage again.
+                                    Some(note) if data_ok => {
+                                        notes.insert(note);
+                                    }
+                                    Some(_) => {}
+                                    None => head = head.max(header.seq),
                                 }
-                                Some(_) => {}
-                                None => head = head.max(header.seq),
-                            },
+                            }
                             Kind::Entry if !data_ok && at_tail => {
                                 // Most likely a write torn by a crash before its fsync returned
                                 // (so never acknowledged); quarantined either way.
@@ -145,7 +147,11 @@ impl Worker {
                                 )?;
                                 truncate_at = Some(offset);
                             }
-                            Kind::Entry if header.seq > last_seq && header.seq >= base => {
+                            Kind::Entry
+                                if header.seq > last_seq
+                                    && header.seq >= base
+                                    && header.seq < MAX_SEQ =>
+                            {
                                 last_seq = header.seq;
                                 if let Some(e) = expected.filter(|e| header.seq > *e) {
                                     gaps.push((e, header.seq - 1));
@@ -161,9 +167,10 @@ impl Worker {
                                 });
                                 self.live_bytes += u64::from(header.len);
                             }
-                            // An entry out of sequence order, or a quarantine record inside a
-                            // segment: not something this queue wrote there. Keep, report.
-                            Kind::Entry | Kind::Quarantined => kept.push(Kept {
+                            // An entry out of sequence order, a sequence number beyond
+                            // MAX_SEQ, or a quarantine record inside a segment: not something
+                            // this queue wrote there. Keep, report.
+                            Kind::Entry | Kind::Head | Kind::Quarantined => kept.push(Kept {
                                 name: name.clone(),
                                 note: Note::Damage {
                                     segment: base,
