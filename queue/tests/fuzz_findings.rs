@@ -81,7 +81,10 @@ fn a_sequence_number_no_queue_reaches_is_damage_not_an_overflow() {
         }
         assert_eq!(
             read,
-            vec![(1, Bytes::from_static(b"one")), (2, Bytes::from_static(b"two"))],
+            vec![
+                (1, Bytes::from_static(b"one")),
+                (2, Bytes::from_static(b"two"))
+            ],
             "{what}"
         );
         let next = block_on(q.enqueue(Bytes::from_static(b"three"), UNIX_EPOCH)).unwrap();
@@ -110,4 +113,29 @@ fn a_segment_name_no_queue_reaches_is_not_a_segment() {
     assert_eq!(next.seq(), 2);
     block_on(q.close()).unwrap();
     assert!(stray.exists(), "a file that is not a segment was deleted");
+}
+
+/// Found by `queue_open`: an empty segment named with base 0 opened quietly, but once an enqueue
+/// had rolled to a segment with base 1, every later open reported `Missing { first: 0, last: 0 }`,
+/// a loss that never happened (no entry has sequence number 0).
+#[test]
+fn a_segment_with_base_0_reports_no_missing_entry_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join(format!("seg-{:020}.q", 0)), segment(0, &[])).unwrap();
+    let q = FileQueue::builder(tmp.path()).open_blocking().unwrap();
+    assert_eq!(q.take_reports(), vec![]);
+    let e = block_on(q.enqueue(Bytes::from_static(b"one"), UNIX_EPOCH)).unwrap();
+    block_on(q.close()).unwrap();
+    let q = FileQueue::builder(tmp.path()).open_blocking().unwrap();
+    assert_eq!(
+        q.take_reports(),
+        vec![],
+        "a loss reported that never happened"
+    );
+    let head = q.peek().unwrap().unwrap();
+    assert_eq!(
+        (head.seq(), head.payload().as_ref()),
+        (e.seq(), &b"one"[..])
+    );
+    block_on(q.close()).unwrap();
 }

@@ -89,7 +89,9 @@ impl Worker {
                 Some(e) if base > e => gaps.push((e, base - 1)),
                 _ => {}
             }
-            expected = Some(expected.map_or(base, |e| e.max(base)));
+            // Sequence numbers start at 1: a segment named with base 0 (none is) must not make
+            // the next segment look as if entry 0 were missing (found by `queue_open`).
+            expected = Some(expected.map_or(base, |e| e.max(base)).max(1));
             let data = self
                 .fs
                 .read(&name)
