@@ -19,7 +19,11 @@ pub fn check(data: &[u8]) -> usize {
             let mut out = BytesMut::new();
             if packet.encode(&mut out).is_ok() {
                 let again = decode(&mut out, MAX_PACKET_SIZE);
-                assert_eq!(again, Ok(Some(packet)), "re-encoded packet decodes differently");
+                assert_eq!(
+                    again,
+                    Ok(Some(packet)),
+                    "re-encoded packet decodes differently"
+                );
             }
         }
     }

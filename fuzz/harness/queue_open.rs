@@ -440,7 +440,11 @@ fn run(input: &Input, dir: &Path) {
     ))
     .expect("an enqueue after opening");
     if let Some((last, _)) = drained.last() {
-        assert!(after.seq() > *last, "sequence numbers went back: {last} then {}", after.seq());
+        assert!(
+            after.seq() > *last,
+            "sequence numbers went back: {last} then {}",
+            after.seq()
+        );
     }
     block_on(queue.close()).expect("closing");
     drop(armed);
@@ -471,9 +475,19 @@ fn run(input: &Input, dir: &Path) {
     let again = FileQueue::builder(dir)
         .open_blocking()
         .expect("reopening the queue");
-    assert_eq!(again.len(), 1, "reopened with other entries than the one enqueued");
-    let entry = again.peek().expect("peek").expect("the entry enqueued after opening");
-    assert_eq!((entry.seq(), entry.payload().as_ref()), (after.seq(), &b"after open"[..]));
+    assert_eq!(
+        again.len(),
+        1,
+        "reopened with other entries than the one enqueued"
+    );
+    let entry = again
+        .peek()
+        .expect("peek")
+        .expect("the entry enqueued after opening");
+    assert_eq!(
+        (entry.seq(), entry.payload().as_ref()),
+        (after.seq(), &b"after open"[..])
+    );
     block_on(again.finish(entry, Finish::Remove)).expect("removing it");
     let new_reports = again.take_reports();
     block_on(again.close()).expect("closing");

@@ -146,7 +146,10 @@ enum Hostile {
 #[derive(Debug, Clone, Copy, Arbitrary)]
 enum Op {
     /// The application publishes at QoS `qos % 3`, with a Message Expiry Interval if given.
-    Publish { qos: u8, expiry: Option<u8> },
+    Publish {
+        qos: u8,
+        expiry: Option<u8>,
+    },
     Subscribe,
     Unsubscribe,
     /// The application acks one of its unacked deliveries (also stale ones).
@@ -156,7 +159,10 @@ enum Op {
     /// The broker answers everything the client wrote, in order.
     AnswerAll,
     /// The broker publishes a QoS 1/2 message with an id of its own choosing.
-    BrokerPublish { qos2: bool, id: u8 },
+    BrokerPublish {
+        qos2: bool,
+        id: u8,
+    },
     /// The broker sends any acknowledgement (or a second CONNACK) with any id.
     Hostile(Hostile, IdPick),
     /// The link drops.
@@ -168,7 +174,9 @@ enum Op {
     },
     /// The next store write fails; the driver then fails the session and restores a new one
     /// from the store.
-    FailNextPut { unknown: bool },
+    FailNextPut {
+        unknown: bool,
+    },
     /// The process dies and a new one restores the session from the store.
     Restart,
     /// Time passes.
@@ -424,7 +432,9 @@ impl World {
                         assert_eq!(*kind, EntryKind::Publish, "{id}: first Put is a {kind:?}");
                     }
                     Some(Holder::Message(t)) if *t == tag => {}
-                    Some(h) => panic!("packet id {id} reused for message {tag} while {h:?} holds it"),
+                    Some(h) => {
+                        panic!("packet id {id} reused for message {tag} while {h:?} holds it")
+                    }
                 }
                 self.held.insert(*id, Holder::Message(tag));
             }
@@ -573,14 +583,20 @@ impl World {
                     "PUBLISH {id} (message {tag}) on the wire while the store does not hold it"
                 );
                 assert_eq!(self.held.get(&id), Some(&Holder::Message(tag)));
-                assert_eq!(self.msgs[tag].qos, pb.qos, "message {tag} sent at another QoS");
+                assert_eq!(
+                    self.msgs[tag].qos, pb.qos,
+                    "message {tag} sent at another QoS"
+                );
                 assert!(
                     self.unacked.len() < self.receive_max,
                     "PUBLISH {id} beyond Receive Maximum {}: {} unacknowledged",
                     self.receive_max,
                     self.unacked.len()
                 );
-                assert!(self.unacked.insert(id), "PUBLISH {id} twice on one connection");
+                assert!(
+                    self.unacked.insert(id),
+                    "PUBLISH {id} twice on one connection"
+                );
                 self.msgs[tag].sent = true;
             }
             Packet::Publish(pb) => {
@@ -767,7 +783,10 @@ impl World {
                 }
                 Ok(PublishOutcome::PubRec(r)) => {
                     assert_eq!(m.qos, QoS::ExactlyOnce);
-                    assert!(r.reason_code.is_error(), "message {tag} ended by a good PUBREC");
+                    assert!(
+                        r.reason_code.is_error(),
+                        "message {tag} ended by a good PUBREC"
+                    );
                     assert!(m.sent, "message {tag} acknowledged, never sent");
                 }
                 Ok(PublishOutcome::PubComp(_)) => {
@@ -782,16 +801,21 @@ impl World {
                 ),
             }
             if let Ok(o) = outcome {
-                assert!(!stored.contains(&tag), "message {tag} finished ({o:?}), still stored");
+                assert!(
+                    !stored.contains(&tag),
+                    "message {tag} finished ({o:?}), still stored"
+                );
             }
         }
         let mut done = Vec::new();
         for (id, req) in &mut self.requests {
             let finished = match req {
-                Request::Subscribe(c, n) => c.try_outcome().map(|r| r.map(|a| (a.reason_codes.len(), *n))),
-                Request::Unsubscribe(c, n) => {
-                    c.try_outcome().map(|r| r.map(|a| (a.reason_codes.len(), *n)))
-                }
+                Request::Subscribe(c, n) => c
+                    .try_outcome()
+                    .map(|r| r.map(|a| (a.reason_codes.len(), *n))),
+                Request::Unsubscribe(c, n) => c
+                    .try_outcome()
+                    .map(|r| r.map(|a| (a.reason_codes.len(), *n))),
             };
             if let Some(r) = finished {
                 if let Ok((got, _)) = r {
@@ -1012,10 +1036,7 @@ impl World {
             Op::Reconnect {
                 session_present,
                 receive_max,
-            } => self.connect(
-                session_present,
-                receive_max.map(|r| u16::from(r % 8)),
-            ),
+            } => self.connect(session_present, receive_max.map(|r| u16::from(r % 8))),
             Op::FailNextPut { unknown } => self.store.arm(Some(if unknown {
                 Failure::Unknown
             } else {
@@ -1081,7 +1102,11 @@ impl World {
         }
         assert_eq!(self.session.unfinished(), 0, "exchanges left unfinished");
         assert_eq!(self.session.waiting(), 0, "publishes left waiting");
-        assert_eq!(self.session.packet_ids_in_use(), 0, "packet ids left in use");
+        assert_eq!(
+            self.session.packet_ids_in_use(),
+            0,
+            "packet ids left in use"
+        );
         assert!(self.requests.is_empty(), "requests left unanswered");
         assert!(
             self.store.outbound_tags().is_empty(),

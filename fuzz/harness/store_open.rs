@@ -209,7 +209,11 @@ fn model(recs: &[&Rec]) -> Option<BTreeMap<Key, (EntryKind, Vec<u8>)>> {
             Rec::Reset => m.clear(),
         }
     }
-    Some(m.into_iter().map(|(k, (kind, v, _))| (k, (kind, v))).collect())
+    Some(
+        m.into_iter()
+            .map(|(k, (kind, v, _))| (k, (kind, v)))
+            .collect(),
+    )
 }
 
 // ----- running it ------------------------------------------------------------------------------
@@ -262,7 +266,11 @@ fn run(input: &Input, dir: &Path) {
         Meta::Absent => {}
         Meta::Ours => write("meta", &meta_bytes(SERVER, CLIENT)),
         Meta::Other { client } => {
-            let client = if client.is_empty() { "x" } else { client.as_str() };
+            let client = if client.is_empty() {
+                "x"
+            } else {
+                client.as_str()
+            };
             write("meta", &meta_bytes(SERVER, client));
         }
         Meta::Raw(b) => write("meta", b),
@@ -340,7 +348,12 @@ fn run(input: &Input, dir: &Path) {
     };
     let entries = block_on(store.list()).expect("list after a successful open");
     for e in &entries {
-        assert!(e.kind().fits(e.key()), "{:?} holds a {:?}", e.key(), e.kind());
+        assert!(
+            e.kind().fits(e.key()),
+            "{:?} holds a {:?}",
+            e.key(),
+            e.kind()
+        );
         let got = block_on(store.get(e.key())).expect("get");
         assert_eq!(got.as_ref(), Some(e), "get disagrees with list");
     }
@@ -350,7 +363,11 @@ fn run(input: &Input, dir: &Path) {
         if let Some(path) = r.saved_to() {
             let held = std::fs::metadata(path)
                 .unwrap_or_else(|e| panic!("quarantine file {} of a report: {e}", path.display()));
-            assert_eq!(held.len(), r.len() as u64, "{r:?}: the file holds another size");
+            assert_eq!(
+                held.len(),
+                r.len() as u64,
+                "{r:?}: the file holds another size"
+            );
         }
     }
     if damaged {
@@ -386,9 +403,9 @@ fn run(input: &Input, dir: &Path) {
     let mut got: Vec<_> = after.iter().filter(|e| e.key() != key).collect();
     got.sort_by_key(|e| e.key());
     assert!(
-        got.iter().map(|e| (e.key(), e.kind(), e.value())).eq(want
-            .iter()
-            .map(|e| (e.key(), e.kind(), e.value()))),
+        got.iter()
+            .map(|e| (e.key(), e.kind(), e.value()))
+            .eq(want.iter().map(|e| (e.key(), e.kind(), e.value()))),
         "a reopen loaded other entries"
     );
     assert!(

@@ -80,7 +80,13 @@ fn pubrec_for_a_publish_held_back_by_the_quota_is_a_protocol_error() {
 
     let r = s.handle(Packet::PubRec(PubRec::new(pid(2))), now);
     assert!(
-        matches!(r, Err(Error::Protocol { reason_code: 0x82, .. })),
+        matches!(
+            r,
+            Err(Error::Protocol {
+                reason_code: 0x82,
+                ..
+            })
+        ),
         "PUBREC for a message not sent on this connection taken: {r:?}"
     );
     let sent = drive(&mut s, &store);
@@ -103,7 +109,8 @@ fn pubrec_for_a_publish_held_back_by_the_quota_is_a_protocol_error() {
     for id in [1, 2] {
         s.handle(Packet::PubRec(PubRec::new(pid(id))), now).unwrap();
         drive(&mut s, &store);
-        s.handle(Packet::PubComp(PubComp::new(pid(id))), now).unwrap();
+        s.handle(Packet::PubComp(PubComp::new(pid(id))), now)
+            .unwrap();
         drive(&mut s, &store);
     }
     for mut h in handles {

@@ -20,5 +20,9 @@ fn session_corpus_keeps_the_engine_invariants() {
         harness::check(&data);
         files += 1;
     }
-    assert!(files >= 20, "corpus missing: {files} files in {}", dir.display());
+    assert!(
+        files >= 20,
+        "corpus missing: {files} files in {}",
+        dir.display()
+    );
 }

@@ -28,5 +28,9 @@ fn store_open_corpus_never_panics_overallocates_or_hides_damage() {
         store_open::check(&data, tmp.path());
         files += 1;
     }
-    assert!(files >= 20, "corpus missing: {files} files in {}", dir.display());
+    assert!(
+        files >= 20,
+        "corpus missing: {files} files in {}",
+        dir.display()
+    );
 }

@@ -1156,9 +1156,9 @@ impl Session {
                 // cannot have reached this server session: taking the PUBREC would send a
                 // PUBREL outside the quota (more than Receive Maximum in flight) for a message
                 // the server may never have had. Found by the `session` fuzz target.
-                OutState::Pubrec(_) if !out.counted => Err(protocol(
-                    "PUBREC for a PUBLISH not sent on this connection",
-                )),
+                OutState::Pubrec(_) if !out.counted => {
+                    Err(protocol("PUBREC for a PUBLISH not sent on this connection"))
+                }
                 OutState::Pubrec(_) if rec.reason_code.is_error() => {
                     self.finish(id, Ok(PublishOutcome::PubRec(rec)));
                     self.pump();
