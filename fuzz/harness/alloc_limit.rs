@@ -30,17 +30,19 @@ fn check(size: usize) {
         // No formatting machinery that could allocate: write the numbers by hand.
         let mut buf = [0u8; 128];
         let mut n = 0;
-        for part in [b"alloc_limit: one allocation of ".as_slice()] {
-            buf[n..n + part.len()].copy_from_slice(part);
-            n += part.len();
-        }
-        n += write_num(&mut buf[n..], size);
-        let mid = b" bytes, limit ";
-        buf[n..n + mid.len()].copy_from_slice(mid);
-        n += mid.len();
-        n += write_num(&mut buf[n..], LIMIT.load(Ordering::Relaxed));
-        buf[n] = b'\n';
-        n += 1;
+        let mut put = |buf: &mut [u8; 128], bytes: &[u8]| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
+        let mut digits = [0u8; 20];
+        put(&mut buf, b"alloc_limit: one allocation of ");
+        put(&mut buf, decimal(&mut digits, size));
+        put(&mut buf, b" bytes, limit ");
+        put(
+            &mut buf,
+            decimal(&mut digits, LIMIT.load(Ordering::Relaxed)),
+        );
+        put(&mut buf, b"\n");
         use std::io::Write;
         let _ = std::io::stderr().write_all(&buf[..n]);
         std::process::abort();
@@ -48,21 +50,18 @@ fn check(size: usize) {
     LARGEST.fetch_max(size, Ordering::Relaxed);
 }
 
-fn write_num(out: &mut [u8], mut v: usize) -> usize {
-    let mut digits = [0u8; 20];
-    let mut k = 0;
+/// `v` in decimal, in `digits`.
+fn decimal(digits: &mut [u8; 20], mut v: usize) -> &[u8] {
+    let mut k = digits.len();
     loop {
+        k -= 1;
         digits[k] = b'0' + (v % 10) as u8;
-        k += 1;
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    for i in 0..k {
-        out[i] = digits[k - 1 - i];
-    }
-    k
+    &digits[k..]
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; `check`
