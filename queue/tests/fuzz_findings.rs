@@ -139,3 +139,38 @@ fn a_segment_with_base_0_reports_no_missing_entry_0() {
     );
     block_on(q.close()).unwrap();
 }
+
+/// Found by `queue_open`: a head record (199) beyond the next segment's base (160), in an
+/// older segment. The first open believed it and reclaimed that segment, so the record was
+/// gone; the entry enqueued next (199) went into segment 160, and every later open reported
+/// 160..=198 missing, a loss that never happened. The open now writes the head again in the
+/// active segment when it reclaimed the one that held it.
+#[test]
+fn a_head_record_in_a_reclaimed_segment_is_not_forgotten() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join(format!("seg-{:020}.q", 49)),
+        segment(49, &[(HEAD, 199, b""), (ENTRY, 49, b"consumed")]),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join(format!("seg-{:020}.q", 160)),
+        segment(160, &[]),
+    )
+    .unwrap();
+    let q = FileQueue::builder(tmp.path()).open_blocking().unwrap();
+    assert_eq!(q.take_reports(), vec![]);
+    assert_eq!(q.len(), 0);
+    let e = block_on(q.enqueue(Bytes::from_static(b"new"), UNIX_EPOCH)).unwrap();
+    assert_eq!(e.seq(), 199);
+    block_on(q.close()).unwrap();
+    let q = FileQueue::builder(tmp.path()).open_blocking().unwrap();
+    assert_eq!(
+        q.take_reports(),
+        vec![],
+        "a loss reported that never happened"
+    );
+    let head = q.peek().unwrap().unwrap();
+    assert_eq!((head.seq(), head.payload().as_ref()), (199, &b"new"[..]));
+    block_on(q.close()).unwrap();
+}

@@ -42,7 +42,17 @@ impl Worker {
         } else {
             self.recover_segments(found)?;
         }
+        let before = self.segments.len();
         self.reclaim()?;
+        // A head record in a segment just reclaimed may have been the only record of how far
+        // the queue was consumed (a head beyond the next segment's base, which no queue writes
+        // but a damaged directory can hold; found by the `queue_open` fuzz target): write it
+        // again in the active segment, or the next open reports the consumed numbers missing.
+        let head = self.index.front().map_or(self.next_seq, |s| s.seq);
+        if self.segments.len() < before && self.segments.front().is_some_and(|s| s.base < head) {
+            self.write_head_record();
+            self.commit(true)?;
+        }
         self.load_head()?;
         self.publish(Vec::new(), &super::worker::BatchEnd::Committed);
         tracing::debug!(

@@ -591,7 +591,7 @@ impl Worker {
     }
 
     /// Appends a head record: everything before the current head has been consumed.
-    fn write_head_record(&mut self) {
+    pub(crate) fn write_head_record(&mut self) {
         let head = self.index.front().map_or(self.next_seq, |s| s.seq);
         encode_record(&mut self.buf, Kind::Head, 0, head, 0, &[]);
     }
