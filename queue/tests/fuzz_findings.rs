@@ -174,3 +174,45 @@ fn a_head_record_in_a_reclaimed_segment_is_not_forgotten() {
     assert_eq!((head.seq(), head.payload().as_ref()), (199, &b"new"[..]));
     block_on(q.close()).unwrap();
 }
+
+/// Found by `queue_open`: an entry (104) in a segment (base 48) at or beyond the next segment's
+/// base (92). Opening believed it, then reclaimed segment 48 as consumed (everything in it was
+/// taken to be below 92) while the entry was live: the file holding it was deleted, and the
+/// open failed reading it. Such an entry is out of place now: quarantined and reported, and the
+/// queue opens.
+#[test]
+fn an_entry_beyond_the_next_segments_base_is_quarantined_not_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join(format!("seg-{:020}.q", 48)),
+        segment(48, &[(ENTRY, 104, b"misplaced")]),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join(format!("seg-{:020}.q", 92)),
+        segment(92, &[]),
+    )
+    .unwrap();
+    let q = FileQueue::builder(tmp.path())
+        .open_blocking()
+        .unwrap_or_else(|e| panic!("open failed: {e}"));
+    let reports = q.take_reports();
+    assert!(
+        reports
+            .iter()
+            .any(|r| matches!(r, Report::Quarantined { seq: Some(104), .. })),
+        "{reports:?}"
+    );
+    assert_eq!(q.len(), 0);
+    let e = block_on(q.enqueue(Bytes::from_static(b"new"), UNIX_EPOCH)).unwrap();
+    block_on(q.close()).unwrap();
+    let saved = FileQueue::read_quarantine(tmp.path()).unwrap();
+    assert!(
+        saved.iter().any(|r| r.data().as_ref() == b"misplaced"),
+        "{saved:?}"
+    );
+    let q = FileQueue::builder(tmp.path()).open_blocking().unwrap();
+    assert_eq!(q.take_reports(), vec![]);
+    assert_eq!(q.peek().unwrap().unwrap().seq(), e.seq());
+    block_on(q.close()).unwrap();
+}

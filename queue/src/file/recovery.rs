@@ -93,8 +93,14 @@ impl Worker {
         // stays in place; see `Note`.
         let mut notes: HashSet<Note> = HashSet::new();
         let mut kept: Vec<Kept> = Vec::new();
+        let bases: Vec<u64> = found.iter().map(|(base, _)| *base).collect();
         for (i, (base, name)) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
+            // A segment holds only entries below the next segment's base: it was rolled when
+            // the next entry got that number. An entry at or beyond it is out of place (not
+            // written there by a queue), and believing it would let reclaiming delete the
+            // segment while the entry is live (found by the `queue_open` fuzz target).
+            let below = bases.get(i + 1).copied().unwrap_or(MAX_SEQ);
             match expected {
                 Some(e) if base > e => gaps.push((e, base - 1)),
                 _ => {}
@@ -162,7 +168,7 @@ impl Worker {
                             Kind::Entry
                                 if header.seq > last_seq
                                     && header.seq >= base
-                                    && header.seq < MAX_SEQ =>
+                                    && header.seq < below =>
                             {
                                 last_seq = header.seq;
                                 if let Some(e) = expected.filter(|e| header.seq > *e) {
@@ -179,9 +185,9 @@ impl Worker {
                                 });
                                 self.live_bytes += u64::from(header.len);
                             }
-                            // An entry out of sequence order, a sequence number beyond
-                            // MAX_SEQ, or a quarantine record inside a segment: not something
-                            // this queue wrote there. Keep, report.
+                            // An entry out of sequence order or out of its segment's range, a
+                            // sequence number beyond MAX_SEQ, or a quarantine record inside a
+                            // segment: not something this queue wrote there. Keep, report.
                             Kind::Entry | Kind::Head | Kind::Quarantined => kept.push(Kept {
                                 name: name.clone(),
                                 note: Note::Damage {
