@@ -36,6 +36,11 @@ pub(crate) const RECORD_MAGIC: u32 = 0x5051_5243;
 pub(crate) const RECORD_HEADER_LEN: usize = 36;
 /// Sequence number written for quarantined bytes whose entry could not be identified.
 pub(crate) const UNKNOWN_SEQ: u64 = u64::MAX;
+/// Sequence numbers a queue can reach (it would take 2^62 enqueues to get here). A larger one
+/// in a record or a segment name can only come from damage or a crafted file; believing it
+/// would make the next sequence number overflow (a panic of the I/O thread on open in debug
+/// builds, a wrap to 0 in release). Found by the `queue_open` fuzz target.
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

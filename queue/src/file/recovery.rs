@@ -7,8 +7,8 @@
 use std::collections::HashSet;
 
 use super::format::{
-    decode_file_header, encode_file_header, Kind, Note, FILE_HEADER_LEN, RECORD_HEADER_LEN,
-    SEGMENT_MAGIC,
+    decode_file_header, encode_file_header, Kind, Note, FILE_HEADER_LEN, MAX_SEQ,
+    RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
 use super::fs::create_dir_durably;
 use super::scan::{scan, Item};
@@ -42,7 +42,17 @@ impl Worker {
         } else {
             self.recover_segments(found)?;
         }
+        let before = self.segments.len();
         self.reclaim()?;
+        // A head record in a segment just reclaimed may have been the only record of how far
+        // the queue was consumed (a head beyond the next segment's base, which no queue writes
+        // but a damaged directory can hold; found by the `queue_open` fuzz target): write it
+        // again in the active segment, or the next open reports the consumed numbers missing.
+        let head = self.index.front().map_or(self.next_seq, |s| s.seq);
+        if self.segments.len() < before && self.segments.front().is_some_and(|s| s.base < head) {
+            self.write_head_record();
+            self.commit(true)?;
+        }
         self.load_head()?;
         self.publish(Vec::new(), &super::worker::BatchEnd::Committed);
         tracing::debug!(
@@ -83,13 +93,21 @@ impl Worker {
         // stays in place; see `Note`.
         let mut notes: HashSet<Note> = HashSet::new();
         let mut kept: Vec<Kept> = Vec::new();
+        let bases: Vec<u64> = found.iter().map(|(base, _)| *base).collect();
         for (i, (base, name)) in found.into_iter().enumerate() {
             let is_last = i + 1 == count;
+            // A segment holds only entries below the next segment's base: it was rolled when
+            // the next entry got that number. An entry at or beyond it is out of place (not
+            // written there by a queue), and believing it would let reclaiming delete the
+            // segment while the entry is live (found by the `queue_open` fuzz target).
+            let below = bases.get(i + 1).copied().unwrap_or(MAX_SEQ);
             match expected {
                 Some(e) if base > e => gaps.push((e, base - 1)),
                 _ => {}
             }
-            expected = Some(expected.map_or(base, |e| e.max(base)));
+            // Sequence numbers start at 1: a segment named with base 0 (none is) must not make
+            // the next segment look as if entry 0 were missing (found by `queue_open`).
+            expected = Some(expected.map_or(base, |e| e.max(base)).max(1));
             let data = self
                 .fs
                 .read(&name)
@@ -125,15 +143,17 @@ impl Worker {
                         let start = offset as usize + RECORD_HEADER_LEN;
                         let payload = &data[start..start + header.len as usize];
                         match header.kind {
-                            Kind::Head => match Note::decode(&header, payload) {
-                                // A note whose payload fails its checksum is ignored: the worst
-                                // outcome is quarantining and reporting its damage again.
-                                Some(note) if data_ok => {
-                                    notes.insert(note);
+                            Kind::Head if header.seq < MAX_SEQ => {
+                                match Note::decode(&header, payload) {
+                                    // A note whose payload fails its checksum is ignored: the worst
+                                    // outcome is quarantining and reporting its damage again.
+                                    Some(note) if data_ok => {
+                                        notes.insert(note);
+                                    }
+                                    Some(_) => {}
+                                    None => head = head.max(header.seq),
                                 }
-                                Some(_) => {}
-                                None => head = head.max(header.seq),
-                            },
+                            }
                             Kind::Entry if !data_ok && at_tail => {
                                 // Most likely a write torn by a crash before its fsync returned
                                 // (so never acknowledged); quarantined either way.
@@ -145,7 +165,11 @@ impl Worker {
                                 )?;
                                 truncate_at = Some(offset);
                             }
-                            Kind::Entry if header.seq > last_seq && header.seq >= base => {
+                            Kind::Entry
+                                if header.seq > last_seq
+                                    && header.seq >= base
+                                    && header.seq < below =>
+                            {
                                 last_seq = header.seq;
                                 if let Some(e) = expected.filter(|e| header.seq > *e) {
                                     gaps.push((e, header.seq - 1));
@@ -161,9 +185,10 @@ impl Worker {
                                 });
                                 self.live_bytes += u64::from(header.len);
                             }
-                            // An entry out of sequence order, or a quarantine record inside a
+                            // An entry out of sequence order or out of its segment's range, a
+                            // sequence number beyond MAX_SEQ, or a quarantine record inside a
                             // segment: not something this queue wrote there. Keep, report.
-                            Kind::Entry | Kind::Quarantined => kept.push(Kept {
+                            Kind::Entry | Kind::Head | Kind::Quarantined => kept.push(Kept {
                                 name: name.clone(),
                                 note: Note::Damage {
                                     segment: base,

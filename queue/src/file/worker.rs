@@ -145,13 +145,15 @@ pub(crate) fn segment_name(base: u64) -> String {
     format!("seg-{base:020}.q")
 }
 
-/// Parses a segment file name back into its base sequence number.
+/// Parses a segment file name back into its base sequence number. A base of
+/// [`MAX_SEQ`](super::format::MAX_SEQ) or more is no segment of a queue (none gets there), and
+/// the file is left alone.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("seg-")?.strip_suffix(".q")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|b| *b < super::format::MAX_SEQ)
 }
 
 /// Every fsync goes through here, so that it is counted and, in unit tests, can be made to
@@ -589,7 +591,7 @@ impl Worker {
     }
 
     /// Appends a head record: everything before the current head has been consumed.
-    fn write_head_record(&mut self) {
+    pub(crate) fn write_head_record(&mut self) {
         let head = self.index.front().map_or(self.next_seq, |s| s.seq);
         encode_record(&mut self.buf, Kind::Head, 0, head, 0, &[]);
     }

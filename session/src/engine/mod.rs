@@ -1227,6 +1227,14 @@ impl Session {
         let id = rec.packet_id;
         match self.outbound.get_mut(&id) {
             Some(out) => match out.state {
+                // PUBREC answers a PUBLISH sent on this connection (a server resends only
+                // PUBLISH and PUBREL on reconnect). One held back by the quota, not yet resent,
+                // cannot have reached this server session: taking the PUBREC would send a
+                // PUBREL outside the quota (more than Receive Maximum in flight) for a message
+                // the server may never have had. Found by the `session` fuzz target.
+                OutState::Pubrec(_) if !out.counted => {
+                    Err(protocol("PUBREC for a PUBLISH not sent on this connection"))
+                }
                 OutState::Pubrec(_) if rec.reason_code.is_error() => {
                     self.finish(id, Ok(PublishOutcome::PubRec(rec)));
                     self.pump();
