@@ -1,10 +1,10 @@
 //! PUBLISH (MQTT v5 section 3.3).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{read_packet_id, Body, PacketType, Sizes};
 use crate::properties::PublishProperties;
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{Error, MqttString, PacketId, QoS};
 
 /// An application message on its way between client and server.
@@ -98,6 +98,10 @@ impl Publish {
     /// Validates and sizes the body: `with_id` says whether a packet identifier is written,
     /// `minus_alias` how many property bytes a dropped topic alias saves, and `alias_may_name`
     /// whether an alias may stand in for an empty topic.
+    ///
+    /// Inlined, with the empty property block (the common case) sized by one test of each
+    /// field instead of a call that sizes and validates them one by one.
+    #[inline(always)]
     fn remaining_len(
         &self,
         with_id: bool,
@@ -108,7 +112,13 @@ impl Publish {
         if self.topic.is_empty() && !(alias_may_name && self.properties.topic_alias.is_some()) {
             return Err(Error::InvalidTopicName(String::new()));
         }
-        let props = self.properties.body_len()? - minus_alias;
+        // `minus_alias` is 0 unless a topic alias is set, so it never applies to an empty
+        // block.
+        let props = if self.properties.is_empty() {
+            0
+        } else {
+            self.properties.body_len()? - minus_alias
+        };
         let remaining = 2
             + self.topic.len()
             + if with_id { 2 } else { 0 }
@@ -122,16 +132,18 @@ impl Publish {
 impl Body for Publish {
     const TYPE: PacketType = PacketType::Publish;
 
+    #[inline(always)]
     fn first_byte(&self) -> u8 {
         0x30 | (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
     }
 
+    #[inline(always)]
     fn sizes(&self) -> Result<Sizes, Error> {
-        let with_id = match (self.qos, self.packet_id) {
-            (QoS::AtMostOnce, None) => false,
-            (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => true,
-            _ => return Err(Error::PacketIdMismatch),
-        };
+        // An identifier exactly when QoS is 1 or 2.
+        let with_id = self.packet_id.is_some();
+        if with_id != (self.qos != QoS::AtMostOnce) {
+            return Err(Error::PacketIdMismatch);
+        }
         if self.dup && self.qos == QoS::AtMostOnce {
             return Err(Error::DupOnQoS0);
         }
@@ -143,12 +155,17 @@ impl Body for Publish {
         })
     }
 
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+    #[inline(always)]
+    fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
         wire::put_prefixed(buf, self.topic.as_bytes());
         if let Some(id) = self.packet_id {
             buf.put_u16(id.get());
         }
-        self.properties.put(sizes.props, buf);
+        if sizes.props == 0 {
+            buf.put_u8(0);
+        } else {
+            self.properties.put(sizes.props, buf);
+        }
         buf.put_slice(&self.payload);
     }
 }
