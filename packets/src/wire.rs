@@ -81,6 +81,21 @@ pub(crate) fn peek_varint(bytes: &[u8]) -> Result<Option<(u32, usize)>, Error> {
     }
 }
 
+/// Checks the bytes of a decoded string: no U+0000, well-formed UTF-8. Returns their
+/// [`scan`] flags.
+#[inline(always)]
+pub(crate) fn check_scanned(raw: &[u8]) -> Result<u8, Error> {
+    let flags = scan(raw);
+    if flags & NUL != 0 {
+        return Err(Error::NullCharacter);
+    }
+    // Only strings with non-ASCII bytes need the full UTF-8 check.
+    if flags & NON_ASCII != 0 && std::str::from_utf8(raw).is_err() {
+        return Err(Error::InvalidUtf8);
+    }
+    Ok(flags)
+}
+
 /// Checks a string for the encoder: length and U+0000 (from the flags the string keeps).
 #[inline]
 pub(crate) fn check_str(s: &MqttString) -> Result<(), Error> {
@@ -264,6 +279,11 @@ impl Reader {
         Reader { frame, pos, end }
     }
 
+    /// The frame the reader was made over, whole.
+    pub(crate) fn into_frame(self) -> Bytes {
+        self.frame
+    }
+
     /// Bytes left before the end of the current limit.
     #[inline]
     pub(crate) fn remaining(&self) -> usize {
@@ -371,14 +391,7 @@ impl Reader {
     fn scanned_string(&mut self, what: &'static str) -> Result<(MqttString, u8), Error> {
         let len = usize::from(self.u16(what)?);
         let raw = self.take(len, what)?;
-        let flags = scan(raw);
-        if flags & NUL != 0 {
-            return Err(Error::NullCharacter);
-        }
-        // Only strings with non-ASCII bytes need the full UTF-8 check.
-        if flags & NON_ASCII != 0 && std::str::from_utf8(raw).is_err() {
-            return Err(Error::InvalidUtf8);
-        }
+        let flags = check_scanned(raw)?;
         if len == 0 {
             return Ok((MqttString::new(), flags));
         }

@@ -358,6 +358,9 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: u32) -> Result<Option<Packet>
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();
+    if ptype == PacketType::Publish {
+        return Publish::decode_frame(first, frame, 1 + n, Some);
+    }
     decode_body(ptype, first, frame, 1 + n).map(Some)
 }
 
@@ -367,7 +370,9 @@ fn decode_body(ptype: PacketType, first: u8, frame: Bytes, header: usize) -> Res
     let packet = match ptype {
         PacketType::Connect => Packet::Connect(Box::new(Connect::read(&mut r)?)),
         PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::read(&mut r)?)),
-        PacketType::Publish => Packet::Publish(Publish::read(first & 0x0F, &mut r)?),
+        PacketType::Publish => {
+            return Publish::decode_frame(first, r.into_frame(), header, |p| p);
+        }
         PacketType::PubAck => Packet::PubAck(PubAck::read(&mut r)?),
         PacketType::PubRec => Packet::PubRec(PubRec::read(&mut r)?),
         PacketType::PubRel => Packet::PubRel(PubRel::read(&mut r)?),

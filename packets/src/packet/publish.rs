@@ -2,8 +2,9 @@
 
 use bytes::Bytes;
 
-use super::{read_packet_id, Body, PacketType, Sizes};
+use super::{Body, Packet, PacketType, Sizes};
 use crate::properties::PublishProperties;
+use crate::topic::WILDCARD;
 use crate::wire::{self, Out, Reader};
 use crate::{Error, MqttString, PacketId, QoS};
 
@@ -44,20 +45,99 @@ pub struct Publish {
 }
 
 impl Publish {
-    #[inline]
-    pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, Error> {
-        let dup = flags & 0b1000 != 0;
-        let qos = QoS::try_from((flags >> 1) & 0b11)?;
-        let retain = flags & 0b0001 != 0;
+    /// Decodes the PUBLISH in `frame` (a whole packet whose fixed header, `header` bytes,
+    /// starts with `first`) and returns it through `wrap`.
+    ///
+    /// This is the decoder's hot path, so it works on the frame's bytes directly rather than
+    /// through [`Reader`], takes the empty property block (the common case) without the
+    /// property parser, and builds the packet in the caller's return slot: `wrap` turns the
+    /// `Packet` into what the caller returns (`Some` for [`super::decode`]) so that the
+    /// 256-byte value is not moved from one `Result` into another on the way out. The checks
+    /// and their order are those of the general path, error for error.
+    #[inline(always)]
+    pub(crate) fn decode_frame<T>(
+        first: u8,
+        mut frame: Bytes,
+        header: usize,
+        wrap: impl FnOnce(Packet) -> T,
+    ) -> Result<T, Error> {
+        let dup = first & 0b1000 != 0;
+        let qos = QoS::try_from((first >> 1) & 0b11)?;
+        let retain = first & 0b0001 != 0;
         if dup && qos == QoS::AtMostOnce {
             return Err(Error::DupOnQoS0);
         }
-        let topic = r.topic_name("topic name")?;
-        let packet_id = match qos {
-            QoS::AtMostOnce => None,
-            _ => Some(read_packet_id(r, "PUBLISH")?),
+        let b: &[u8] = &frame;
+        let Some(&[hi, lo]) = b.get(header..header + 2) else {
+            return Err(Error::UnexpectedEnd("topic name"));
         };
-        let properties = PublishProperties::read(r)?;
+        let topic_len = usize::from(u16::from_be_bytes([hi, lo]));
+        let topic_start = header + 2;
+        let mut pos = topic_start + topic_len;
+        let Some(raw) = b.get(topic_start..pos) else {
+            return Err(Error::UnexpectedEnd("topic name"));
+        };
+        let flags = wire::check_scanned(raw)?;
+        if flags & WILDCARD != 0 {
+            return Err(Error::InvalidTopicName(
+                String::from_utf8_lossy(raw).into_owned(),
+            ));
+        }
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            let Some(&[hi, lo]) = b.get(pos..pos + 2) else {
+                return Err(Error::UnexpectedEnd("packet identifier"));
+            };
+            pos += 2;
+            match PacketId::new(u16::from_be_bytes([hi, lo])) {
+                Some(id) => Some(id),
+                None => return Err(Error::ZeroPacketId("PUBLISH")),
+            }
+        };
+        let props_len = match b.get(pos) {
+            Some(&l) => l,
+            None => return Err(Error::UnexpectedEnd("property length")),
+        };
+        let topic = if topic_len == 0 {
+            MqttString::new()
+        } else {
+            MqttString::from_checked(frame.slice(topic_start..topic_start + topic_len), flags)
+        };
+        if props_len != 0 {
+            return Self::decode_with_properties(dup, qos, retain, topic, packet_id, frame, pos)
+                .map(|p| wrap(Packet::Publish(p)));
+        }
+        if topic_len == 0 {
+            // Without properties there is no topic alias to stand in for the topic.
+            return Err(Error::InvalidTopicName(String::new()));
+        }
+        bytes::Buf::advance(&mut frame, pos + 1);
+        Ok(wrap(Packet::Publish(Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            packet_id,
+            properties: PublishProperties::default(),
+            payload: frame,
+        })))
+    }
+
+    /// The rest of [`Publish::decode_frame`] for a PUBLISH with properties, whose block
+    /// starts at `frame[pos]`.
+    #[inline(never)]
+    fn decode_with_properties(
+        dup: bool,
+        qos: QoS,
+        retain: bool,
+        topic: MqttString,
+        packet_id: Option<PacketId>,
+        frame: Bytes,
+        pos: usize,
+    ) -> Result<Publish, Error> {
+        let mut r = Reader::new(frame, pos);
+        let properties = PublishProperties::read(&mut r)?;
         if topic.is_empty() && properties.topic_alias.is_none() {
             return Err(Error::InvalidTopicName(String::new()));
         }
