@@ -51,6 +51,103 @@ fn put_varint_long(buf: &mut Out<'_>, mut v: usize) {
     }
 }
 
+/// [`put_frame`] without slack after the frame (a buffer filled up to its end): writes the
+/// counted bytes only, rather than make the buffer grow for 8 bytes it does not keep.
+#[cold]
+#[inline(never)]
+fn put_frame_tight(buf: &mut BytesMut, head: &[u8], a: &[u8], mid: &[u8], b: &[u8]) {
+    let mut out = Out::new(buf, head.len() + a.len() + mid.len() + b.len());
+    out.put_slice(head);
+    out.put_slice(a);
+    out.put_slice(mid);
+    out.put_slice(b);
+}
+
+/// The bytes of `v` as a variable byte integer, packed little-endian into a `u32` (the first
+/// byte in the lowest bits), and how many there are; the caller has checked
+/// `v <= VARINT_MAX`.
+#[inline(always)]
+pub(crate) fn varint_bytes(v: usize) -> (u32, usize) {
+    if v < 128 {
+        (v as u32, 1)
+    } else if v < 16_384 {
+        ((v as u32 & 0x7f) | 0x80 | ((v as u32 >> 7) << 8), 2)
+    } else {
+        varint_bytes_long(v)
+    }
+}
+
+#[cold]
+fn varint_bytes_long(v: usize) -> (u32, usize) {
+    {
+        let mut packed = 0u32;
+        let mut n = 0;
+        let mut v = v as u32;
+        loop {
+            let mut byte = v % 128;
+            v /= 128;
+            if v > 0 {
+                byte |= 0x80;
+            }
+            packed |= byte << (8 * n);
+            n += 1;
+            if v == 0 || n == 4 {
+                return (packed, n);
+            }
+        }
+    }
+}
+
+/// Appends one frame made of `head[..head_len]`, `a`, `mid[..mid_len]` and `b`, with one
+/// capacity check and one length update: the encoder's path for a PUBLISH without
+/// properties (fixed header and topic length; topic; packet identifier and the empty
+/// property block; payload).
+///
+/// `head` and `mid` are stored as whole words (one store each, however many of their bytes
+/// count); the next piece overwrites the bytes that do not count, and those past the end
+/// stay outside the buffer's length. That needs 8 bytes of spare capacity past the frame;
+/// without them the counted bytes are written one piece at a time.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn put_frame(
+    buf: &mut BytesMut,
+    head: [u8; 8],
+    head_len: usize,
+    a: &[u8],
+    mid: [u8; 4],
+    mid_len: usize,
+    b: &[u8],
+) -> usize {
+    let (head_len, mid_len) = (head_len.min(8), mid_len.min(4));
+    let total = head_len + a.len() + mid_len + b.len();
+    buf.reserve(total);
+    let spare = buf.spare_capacity_mut();
+    if spare.len() < total + 8 {
+        put_frame_tight(buf, &head[..head_len], a, &mid[..mid_len], b);
+        return total;
+    }
+    let p = spare.as_mut_ptr().cast::<u8>();
+    // SAFETY: `spare` holds at least `total + 8` bytes at `p`. The head store ends at 8, the
+    // mid store at `head_len + a.len() + 4 <= total + 4`, the copies within `total`; `a` and
+    // `b` are shared borrows and cannot overlap the spare capacity of the `BytesMut` borrowed
+    // mutably here. Every byte of `[0, total)` is written: the head's `head_len <= 8` bytes
+    // by its store, then `a`, the mid's `mid_len <= 4` bytes by its store, then `b`, each
+    // piece starting where the previous one's counted bytes end. So `set_len` exposes only
+    // initialised bytes, and within the capacity.
+    unsafe {
+        p.cast::<[u8; 8]>().write_unaligned(head);
+        let mut pos = head_len;
+        std::ptr::copy_nonoverlapping(a.as_ptr(), p.add(pos), a.len());
+        pos += a.len();
+        p.add(pos).cast::<[u8; 4]>().write_unaligned(mid);
+        pos += mid_len;
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p.add(pos), b.len());
+        let new_len = buf.len() + total;
+        buf.set_len(new_len);
+    }
+    total
+}
+
 /// Reads a variable byte integer from the front of `bytes`.
 ///
 /// Returns `Ok(None)` when the slice ends before the integer does, and `(value, length)`
@@ -501,5 +598,58 @@ mod tests {
         assert_eq!(buf.len(), 100_001);
         assert_eq!(buf[0], 1);
         assert!(buf[1..].iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn varint_bytes_match_put_varint() {
+        for v in [
+            0usize,
+            1,
+            127,
+            128,
+            129,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            268_435_455,
+        ] {
+            let mut buf = BytesMut::new();
+            put_varint(&mut Out::new(&mut buf, 4), v);
+            let (packed, n) = varint_bytes(v);
+            assert_eq!(n, buf.len(), "{v}");
+            assert_eq!(&packed.to_le_bytes()[..n], &buf[..], "{v}");
+        }
+    }
+
+    #[test]
+    fn put_frame_writes_exactly_the_counted_bytes() {
+        for (head_len, mid_len) in [(2, 1), (3, 3), (7, 3), (8, 4), (0, 0)] {
+            for (a, b) in [
+                (&b""[..], &b""[..]),
+                (b"a/b", b""),
+                (b"", b"xyz"),
+                (b"t", b"p"),
+            ] {
+                // With room to spare, and into a buffer with no slack after the frame.
+                let mut roomy = BytesMut::with_capacity(64);
+                roomy.extend_from_slice(b"++");
+                let exact = 2 + head_len + a.len() + mid_len + b.len();
+                let mut tight = BytesMut::with_capacity(exact);
+                tight.extend_from_slice(b"++");
+                let n = put_frame(&mut roomy, *b"HHHHHHHH", head_len, a, *b"MMMM", mid_len, b);
+                let m = put_frame(&mut tight, *b"HHHHHHHH", head_len, a, *b"MMMM", mid_len, b);
+                assert_eq!(roomy, tight);
+                assert_eq!(n, m);
+                let buf = roomy;
+                let mut expected = b"++".to_vec();
+                expected.extend_from_slice(&b"HHHHHHHH"[..head_len]);
+                expected.extend_from_slice(a);
+                expected.extend_from_slice(&b"MMMM"[..mid_len]);
+                expected.extend_from_slice(b);
+                assert_eq!(n, expected.len() - 2);
+                assert_eq!(&buf[..], &expected[..], "{head_len} {mid_len} {a:?} {b:?}");
+            }
+        }
     }
 }

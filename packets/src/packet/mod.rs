@@ -192,7 +192,11 @@ fn encode_body<B: Body>(p: &B, buf: &mut BytesMut, max: u32) -> Result<usize, Er
 /// it, and without the prologue of a function that handles every packet type.
 #[inline(never)]
 fn encode_publish(p: &Publish, buf: &mut BytesMut, max: u32) -> Result<usize, Error> {
-    encode_body(p, buf, max)
+    if p.properties.is_empty() {
+        p.encode_without_properties(buf, max)
+    } else {
+        encode_body(p, buf, max)
+    }
 }
 
 pub(crate) fn encoded_len_of<B: Body>(p: &B) -> Result<usize, Error> {

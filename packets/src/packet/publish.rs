@@ -1,6 +1,6 @@
 //! PUBLISH (MQTT v5 section 3.3).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{Body, Packet, PacketType, Sizes};
 use crate::properties::PublishProperties;
@@ -206,6 +206,63 @@ impl Publish {
             + props
             + self.payload.len();
         Ok((remaining, props))
+    }
+}
+
+impl Publish {
+    /// Encodes a PUBLISH whose property block is empty (the caller has checked), with the
+    /// same checks in the same order as [`Body::sizes`], error for error, and the whole
+    /// frame written by [`wire::put_frame`]: the fixed header and the topic length as one
+    /// word, the packet identifier and the empty property block as another.
+    #[inline(always)]
+    pub(crate) fn encode_without_properties(
+        &self,
+        buf: &mut BytesMut,
+        max: u32,
+    ) -> Result<usize, Error> {
+        debug_assert!(self.properties.is_empty());
+        let with_id = self.packet_id.is_some();
+        if with_id != (self.qos != QoS::AtMostOnce) {
+            return Err(Error::PacketIdMismatch);
+        }
+        if self.dup && self.qos == QoS::AtMostOnce {
+            return Err(Error::DupOnQoS0);
+        }
+        wire::check_topic(&self.topic)?;
+        let topic_len = self.topic.len();
+        if topic_len == 0 {
+            // Without properties there is no topic alias to stand in for the topic.
+            return Err(Error::InvalidTopicName(String::new()));
+        }
+        let id_len = if with_id { 2 } else { 0 };
+        let remaining = 2 + topic_len + id_len + 1 + self.payload.len();
+        let total = super::frame_len(remaining)?;
+        if total as u64 > u64::from(max) {
+            return Err(Error::PacketTooLarge {
+                size: total as u64,
+                max,
+            });
+        }
+        let (varint, varint_len) = wire::varint_bytes(remaining);
+        let head = u64::from(self.first_byte())
+            | (u64::from(varint) << 8)
+            | (u64::from((topic_len as u16).swap_bytes()) << (8 + 8 * varint_len));
+        // The identifier (big-endian) and the property length 0, or just the 0.
+        let mid = match self.packet_id {
+            Some(id) => u32::from(id.get().swap_bytes()),
+            None => 0,
+        };
+        let n = wire::put_frame(
+            buf,
+            head.to_le_bytes(),
+            1 + varint_len + 2,
+            self.topic.as_bytes(),
+            mid.to_le_bytes(),
+            id_len + 1,
+            &self.payload,
+        );
+        debug_assert_eq!(n, total);
+        Ok(total)
     }
 }
 
