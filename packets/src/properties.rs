@@ -8,9 +8,9 @@
 //! [`Error::DuplicateProperty`]; User Property (and Subscription Identifier in PUBLISH) may
 //! repeat.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{Error, MqttString, QoS};
 
 /// A user property: a name/value pair of UTF-8 strings. Order is kept, duplicates allowed.
@@ -53,7 +53,7 @@ pub(crate) trait Kind {
     type Value;
     /// Bytes of the value (identifier excluded); validates what the encoder must refuse.
     fn len(v: &Self::Value, id: u8) -> Result<usize, Error>;
-    fn put(v: &Self::Value, buf: &mut BytesMut);
+    fn put(v: &Self::Value, buf: &mut Out<'_>);
     fn read(r: &mut Reader, id: u8) -> Result<Self::Value, Error>;
 }
 
@@ -64,7 +64,7 @@ impl Kind for Flag {
     fn len(_: &bool, _: u8) -> Result<usize, Error> {
         Ok(1)
     }
-    fn put(v: &bool, buf: &mut BytesMut) {
+    fn put(v: &bool, buf: &mut Out<'_>) {
         buf.put_u8(u8::from(*v));
     }
     fn read(r: &mut Reader, id: u8) -> Result<bool, Error> {
@@ -86,7 +86,7 @@ impl Kind for MaxQoS {
             _ => Ok(1),
         }
     }
-    fn put(v: &QoS, buf: &mut BytesMut) {
+    fn put(v: &QoS, buf: &mut Out<'_>) {
         buf.put_u8(*v as u8);
     }
     fn read(r: &mut Reader, id: u8) -> Result<QoS, Error> {
@@ -111,7 +111,7 @@ macro_rules! int_kind {
                 }
                 Ok($size)
             }
-            fn put(v: &$t, buf: &mut BytesMut) {
+            fn put(v: &$t, buf: &mut Out<'_>) {
                 buf.$put(*v);
             }
             fn read(r: &mut Reader, id: u8) -> Result<$t, Error> {
@@ -151,7 +151,7 @@ impl Kind for SubId {
         }
         Ok(wire::varint_len(*v as usize))
     }
-    fn put(v: &u32, buf: &mut BytesMut) {
+    fn put(v: &u32, buf: &mut Out<'_>) {
         wire::put_varint(buf, *v as usize);
     }
     fn read(r: &mut Reader, id: u8) -> Result<u32, Error> {
@@ -170,7 +170,7 @@ impl Kind for Str {
         wire::check_str(v)?;
         Ok(2 + v.len())
     }
-    fn put(v: &MqttString, buf: &mut BytesMut) {
+    fn put(v: &MqttString, buf: &mut Out<'_>) {
         wire::put_prefixed(buf, v.as_bytes());
     }
     fn read(r: &mut Reader, _: u8) -> Result<MqttString, Error> {
@@ -191,7 +191,7 @@ impl Kind for TopicStr {
         }
         Ok(2 + v.len())
     }
-    fn put(v: &MqttString, buf: &mut BytesMut) {
+    fn put(v: &MqttString, buf: &mut Out<'_>) {
         wire::put_prefixed(buf, v.as_bytes());
     }
     fn read(r: &mut Reader, _: u8) -> Result<MqttString, Error> {
@@ -211,7 +211,7 @@ impl Kind for Bin {
         wire::check_bin(v)?;
         Ok(2 + v.len())
     }
-    fn put(v: &Bytes, buf: &mut BytesMut) {
+    fn put(v: &Bytes, buf: &mut Out<'_>) {
         wire::put_prefixed(buf, v);
     }
     fn read(r: &mut Reader, _: u8) -> Result<Bytes, Error> {
@@ -231,7 +231,7 @@ fn user_properties_len(props: &[UserProperty]) -> Result<usize, Error> {
     Ok(n)
 }
 
-fn put_user_properties(props: &[UserProperty], buf: &mut BytesMut) {
+fn put_user_properties(props: &[UserProperty], buf: &mut Out<'_>) {
     for (k, v) in props {
         buf.put_u8(id::USER_PROPERTY);
         wire::put_prefixed(buf, k.as_bytes());
@@ -258,6 +258,7 @@ macro_rules! properties {
 
         impl $name {
             /// True when no property is set.
+            #[inline]
             pub fn is_empty(&self) -> bool {
                 true $( && self.$field.is_none() )*
                     $( && self.$rfield.is_empty() )?
@@ -283,7 +284,7 @@ macro_rules! properties {
 
             /// Writes the length prefix and the properties; `body_len` came from
             /// [`Self::body_len`].
-            pub(crate) fn put(&self, body_len: usize, buf: &mut BytesMut) {
+            pub(crate) fn put(&self, body_len: usize, buf: &mut Out<'_>) {
                 wire::put_varint(buf, body_len);
                 if body_len == 0 {
                     return;

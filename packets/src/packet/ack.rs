@@ -1,12 +1,10 @@
 //! PUBACK, PUBREC, PUBREL and PUBCOMP (MQTT v5 sections 3.4 to 3.7): four packets of one
 //! shape, a packet identifier, a reason code and properties.
 
-use bytes::{BufMut, BytesMut};
-
 use super::{read_packet_id, Body, PacketType, Sizes};
 use crate::properties::AckProperties;
 use crate::reason::{PubAckReasonCode, PubCompReasonCode, PubRecReasonCode, PubRelReasonCode};
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{Error, PacketId};
 
 macro_rules! ack_packet {
@@ -62,7 +60,7 @@ macro_rules! ack_packet {
                 Ok(Sizes { remaining, props, will_props: 0 })
             }
 
-            fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+            fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
                 buf.put_u16(self.packet_id.get());
                 if sizes.remaining > 2 {
                     buf.put_u8(self.reason_code.as_u8());

@@ -1,11 +1,9 @@
 //! CONNACK (MQTT v5 section 3.2).
 
-use bytes::{BufMut, BytesMut};
-
 use super::{Body, PacketType, Sizes};
 use crate::properties::ConnAckProperties;
 use crate::reason::ConnectReasonCode;
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::Error;
 
 /// The server's answer to CONNECT.
@@ -51,7 +49,7 @@ impl Body for ConnAck {
         })
     }
 
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+    fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
         buf.put_u8(u8::from(self.session_present));
         buf.put_u8(self.reason_code.as_u8());
         self.properties.put(sizes.props, buf);

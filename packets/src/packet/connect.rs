@@ -1,10 +1,10 @@
 //! CONNECT (MQTT v5 section 3.1).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{Body, PacketType, Sizes};
 use crate::properties::{ConnectProperties, WillProperties};
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{Error, MqttString, QoS};
 
 const PROTOCOL_NAME: &[u8] = b"MQTT";
@@ -160,7 +160,7 @@ impl Body for Connect {
         })
     }
 
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+    fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
         wire::put_prefixed(buf, PROTOCOL_NAME);
         buf.put_u8(PROTOCOL_LEVEL);
         buf.put_u8(self.flags());

@@ -21,7 +21,7 @@ pub use unsubscribe::Unsubscribe;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{Error, PacketId};
 
 /// The largest packet the protocol can express: 1 type byte, a 4-byte length, and
@@ -157,7 +157,7 @@ pub(crate) trait Body {
     /// Validates the packet for encoding and computes its sizes.
     fn sizes(&self) -> Result<Sizes, Error>;
     /// Writes the body; `sizes` came from [`Body::sizes`].
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut);
+    fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>);
 }
 
 pub(crate) fn frame_len(remaining: usize) -> Result<usize, Error> {
@@ -167,6 +167,7 @@ pub(crate) fn frame_len(remaining: usize) -> Result<usize, Error> {
     Ok(1 + wire::varint_len(remaining) + remaining)
 }
 
+#[inline]
 fn encode_body<B: Body>(p: &B, buf: &mut BytesMut, max: u32) -> Result<usize, Error> {
     let sizes = p.sizes()?;
     let total = frame_len(sizes.remaining)?;
@@ -176,13 +177,26 @@ fn encode_body<B: Body>(p: &B, buf: &mut BytesMut, max: u32) -> Result<usize, Er
             max,
         });
     }
-    buf.reserve(total);
     let start = buf.len();
-    buf.put_u8(p.first_byte());
-    wire::put_varint(buf, sizes.remaining);
-    p.put_body(&sizes, buf);
+    {
+        let mut out = Out::new(buf, total);
+        out.put_u8(p.first_byte());
+        wire::put_varint(&mut out, sizes.remaining);
+        p.put_body(&sizes, &mut out);
+    }
     debug_assert_eq!(buf.len() - start, total, "{} size mismatch", B::TYPE.name());
     Ok(total)
+}
+
+/// PUBLISH, the packet of the hot path, in a function of its own: everything inlined into
+/// it, and without the prologue of a function that handles every packet type.
+#[inline(never)]
+fn encode_publish(p: &Publish, buf: &mut BytesMut, max: u32) -> Result<usize, Error> {
+    if p.properties.is_empty() {
+        p.encode_without_properties(buf, max)
+    } else {
+        encode_body(p, buf, max)
+    }
 }
 
 pub(crate) fn encoded_len_of<B: Body>(p: &B) -> Result<usize, Error> {
@@ -248,17 +262,26 @@ impl Packet {
     /// Fails, leaving `buf` untouched, when a field breaks an encoding rule (a string over
     /// 65,535 bytes, a topic with a wildcard, a zero Receive Maximum, ...) or the packet is
     /// larger than the protocol allows.
+    #[inline]
     pub fn encode(&self, buf: &mut BytesMut) -> Result<usize, Error> {
         self.encode_with_max(buf, MAX_PACKET_SIZE)
     }
 
     /// Like [`Packet::encode`], but fails with [`Error::PacketTooLarge`] when the packet is
     /// larger than `max_packet_size` (for example the server's Maximum Packet Size).
+    #[inline]
     pub fn encode_with_max(
         &self,
         buf: &mut BytesMut,
         max_packet_size: u32,
     ) -> Result<usize, Error> {
+        match self {
+            Packet::Publish(p) => encode_publish(p, buf, max_packet_size),
+            _ => self.encode_other(buf, max_packet_size),
+        }
+    }
+
+    fn encode_other(&self, buf: &mut BytesMut, max_packet_size: u32) -> Result<usize, Error> {
         dispatch!(self, p => encode_body(p, buf, max_packet_size), ping => {
             buf.put_slice(&[(self.packet_type() as u8) << 4, 0]);
             Ok(2)
@@ -339,6 +362,9 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: u32) -> Result<Option<Packet>
         return Ok(None);
     }
     let frame = buf.split_to(total).freeze();
+    if ptype == PacketType::Publish {
+        return Publish::decode_frame(first, frame, 1 + n, Some);
+    }
     decode_body(ptype, first, frame, 1 + n).map(Some)
 }
 
@@ -348,7 +374,9 @@ fn decode_body(ptype: PacketType, first: u8, frame: Bytes, header: usize) -> Res
     let packet = match ptype {
         PacketType::Connect => Packet::Connect(Box::new(Connect::read(&mut r)?)),
         PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::read(&mut r)?)),
-        PacketType::Publish => Packet::Publish(Publish::read(first & 0x0F, &mut r)?),
+        PacketType::Publish => {
+            return Publish::decode_frame(first, r.into_frame(), header, |p| p);
+        }
         PacketType::PubAck => Packet::PubAck(PubAck::read(&mut r)?),
         PacketType::PubRec => Packet::PubRec(PubRec::read(&mut r)?),
         PacketType::PubRel => Packet::PubRel(PubRel::read(&mut r)?),

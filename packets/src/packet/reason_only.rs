@@ -1,12 +1,10 @@
 //! DISCONNECT and AUTH (MQTT v5 sections 3.14 and 3.15): packets whose whole body is a
 //! reason code and properties, both of which may be left out.
 
-use bytes::{BufMut, BytesMut};
-
 use super::{Body, PacketType, Sizes};
 use crate::properties::{AuthProperties, DisconnectProperties};
 use crate::reason::{AuthReasonCode, DisconnectReasonCode};
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::Error;
 
 macro_rules! reason_only_packet {
@@ -60,7 +58,7 @@ macro_rules! reason_only_packet {
                 Ok(Sizes { remaining, props, will_props: 0 })
             }
 
-            fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+            fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
                 if sizes.remaining > 0 {
                     buf.put_u8(self.reason_code.as_u8());
                 }

@@ -1,12 +1,10 @@
 //! SUBACK and UNSUBACK (MQTT v5 sections 3.9 and 3.11): a packet identifier, properties and
 //! one reason code per filter of the request, in order.
 
-use bytes::{BufMut, BytesMut};
-
 use super::{read_packet_id, Body, PacketType, Sizes};
 use crate::properties::SubAckProperties;
 use crate::reason::{SubAckReasonCode, UnsubAckReasonCode};
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{Error, PacketId};
 
 macro_rules! sub_ack_packet {
@@ -57,7 +55,7 @@ macro_rules! sub_ack_packet {
                 })
             }
 
-            fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+            fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
                 buf.put_u16(self.packet_id.get());
                 self.properties.put(sizes.props, buf);
                 for c in &self.reason_codes {

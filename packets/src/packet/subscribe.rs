@@ -1,10 +1,8 @@
 //! SUBSCRIBE (MQTT v5 section 3.8).
 
-use bytes::{BufMut, BytesMut};
-
 use super::{read_packet_id, Body, PacketType, Sizes};
 use crate::properties::SubscribeProperties;
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{topic, Error, MqttString, PacketId, SubscriptionOptions};
 
 /// One topic filter of a SUBSCRIBE, with its options.
@@ -91,7 +89,7 @@ impl Body for Subscribe {
         })
     }
 
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+    fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
         buf.put_u16(self.packet_id.get());
         self.properties.put(sizes.props, buf);
         for s in &self.subscriptions {

@@ -1,10 +1,8 @@
 //! UNSUBSCRIBE (MQTT v5 section 3.10).
 
-use bytes::{BufMut, BytesMut};
-
 use super::{read_packet_id, Body, PacketType, Sizes};
 use crate::properties::UnsubscribeProperties;
-use crate::wire::{self, Reader};
+use crate::wire::{self, Out, Reader};
 use crate::{topic, Error, MqttString, PacketId};
 
 /// A request to remove one or more subscriptions.
@@ -62,7 +60,7 @@ impl Body for Unsubscribe {
         })
     }
 
-    fn put_body(&self, sizes: &Sizes, buf: &mut BytesMut) {
+    fn put_body(&self, sizes: &Sizes, buf: &mut Out<'_>) {
         buf.put_u16(self.packet_id.get());
         self.properties.put(sizes.props, buf);
         for f in &self.filters {
