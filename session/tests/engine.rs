@@ -551,6 +551,40 @@ async fn dropping_a_handle_does_not_withdraw_a_stored_publish() {
     assert!(h.stored().await.is_empty());
 }
 
+/// `drop(client.start_publish(m))`: the caller's handle is gone before the driver hands the
+/// message to the session. With quota free it is still sent (as a completion made by
+/// `publish` is alive during that call); only one that has to wait for quota, abandoned
+/// meanwhile, is withdrawn.
+#[tokio::test]
+async fn a_handle_dropped_before_the_handover_still_sends_when_quota_allows() {
+    let mut h = memory_harness(HOUR);
+    h.connect(false, Some(1)).await;
+    let (completer, completion) = paho_session::PublishCompletion::pair_for_handover();
+    drop(completion);
+    h.session
+        .publish_with(msg(QoS::AtLeastOnce, "t", "first"), None, completer, h.now);
+    h.drive().await;
+    let sent = h.sent_publishes();
+    assert_eq!(
+        sent.len(),
+        1,
+        "a handed-over message with quota free is sent"
+    );
+    // The quota (1) is used: a second abandoned one waits, and is withdrawn.
+    let (completer, completion) = paho_session::PublishCompletion::pair_for_handover();
+    drop(completion);
+    h.session
+        .publish_with(msg(QoS::AtLeastOnce, "t", "second"), None, completer, h.now);
+    h.drive().await;
+    assert!(h.sent_publishes().is_empty());
+    h.feed(puback(sent[0].packet_id.unwrap())).await;
+    assert!(
+        h.sent_publishes().is_empty(),
+        "an abandoned message that waited for quota is withdrawn"
+    );
+    assert!(h.stored().await.is_empty());
+}
+
 #[tokio::test]
 async fn failure_reason_codes_resolve_the_handle() {
     let mut h = memory_harness(HOUR);

@@ -56,7 +56,7 @@ impl PublishOutcome {
 
 /// What the two halves of a completion share.
 #[derive(Debug)]
-struct Slot<T> {
+pub(crate) struct Slot<T> {
     state: Mutex<SlotState<T>>,
 }
 
@@ -320,6 +320,12 @@ impl<T> Completer<T> {
             st.outcome = Some(value);
             st.wake();
         }
+    }
+
+    /// Keeps the caller's side counted as present while the guard lives (see
+    /// `Session::publish_with`).
+    pub(crate) fn hold(&self) -> Option<Arc<Slot<T>>> {
+        self.slot.clone()
     }
 
     /// Whether the caller dropped its handle.

@@ -849,6 +849,12 @@ impl Session {
     ) {
         let mut completer = completer.0;
         completer.in_session();
+        // The caller may have dropped its handle before the message got here (fire and
+        // forget: `drop(client.start_publish(m))`). As with `publish`, whose completion is
+        // made here, a message handed over is sent if the quota allows it now; only one that
+        // has to wait for quota and is abandoned meanwhile is withdrawn. So the caller's side
+        // counts as present until this call has pumped.
+        let _present = completer.hold();
         match self.admit(publish, now) {
             Err(e) => completer.complete(Err(e)),
             Ok(None) => completer.complete(Ok(PublishOutcome::Sent)),
