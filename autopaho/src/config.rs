@@ -20,6 +20,15 @@ pub(crate) type DisconnectHook = Arc<dyn Fn() -> Disconnect + Send + Sync>;
 /// never a tight loop.
 pub const DEFAULT_BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 
+/// How many [`Event`](crate::Event)s a receiver may fall behind before it loses the oldest
+/// (and hears `Lagged`). The channel reserves room for all of them up front, per manager: at
+/// 1,024 that was most of an idle client's memory (about 200 KiB of 239 KiB), while events
+/// come a few per connection attempt.
+pub const DEFAULT_EVENT_CAPACITY: usize = 64;
+
+/// The largest event capacity [`ManagerConfigBuilder::event_capacity`] takes.
+const MAX_EVENT_CAPACITY: usize = 1 << 16;
+
 /// The connection manager's configuration. Built by [`ManagerConfig::builder`].
 #[derive(Clone)]
 pub struct ManagerConfig {
@@ -31,6 +40,7 @@ pub struct ManagerConfig {
     pub(crate) resubscribe: bool,
     pub(crate) on_connect: Option<ConnectHook>,
     pub(crate) on_disconnect: DisconnectHook,
+    pub(crate) event_capacity: usize,
 }
 
 impl fmt::Debug for ManagerConfig {
@@ -62,6 +72,7 @@ impl ManagerConfig {
             resubscribe: true,
             on_connect: None,
             on_disconnect: None,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
         }
     }
 
@@ -81,6 +92,7 @@ pub struct ManagerConfigBuilder {
     resubscribe: bool,
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
+    event_capacity: usize,
 }
 
 impl fmt::Debug for ManagerConfigBuilder {
@@ -151,6 +163,14 @@ impl ManagerConfigBuilder {
         self
     }
 
+    /// How many events a receiver of [`events`](crate::ConnectionManager::events) may fall
+    /// behind before it loses the oldest (default [`DEFAULT_EVENT_CAPACITY`]; taken within
+    /// 1 to 65,536). The room is reserved up front.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n.clamp(1, MAX_EVENT_CAPACITY);
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<ManagerConfig, Error> {
         if self.reset_backoff_after.is_zero() {
@@ -177,6 +197,7 @@ impl ManagerConfigBuilder {
             on_disconnect: self.on_disconnect.unwrap_or_else(|| {
                 Arc::new(|| Disconnect::new(DisconnectReasonCode::NormalDisconnection))
             }),
+            event_capacity: self.event_capacity,
         })
     }
 }

@@ -256,7 +256,7 @@ impl ConnectionManager {
         let shared = Arc::new(Shared {
             state: watch::channel(ConnectionState::Connecting).0,
             client: watch::channel(None).0,
-            events: broadcast::channel(1024).0,
+            events: broadcast::channel(config.event_capacity).0,
             subscriptions: Mutex::new(Subscriptions::default()),
             handlers: Mutex::new(Vec::new()),
             next_handler: AtomicU64::new(0),

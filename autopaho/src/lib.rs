@@ -201,7 +201,9 @@ mod ws;
 pub use backoff::{
     Backoff, ExponentialBuilder, DEFAULT_FACTOR, DEFAULT_INITIAL, DEFAULT_JITTER, DEFAULT_MAX,
 };
-pub use config::{ManagerConfig, ManagerConfigBuilder, DEFAULT_BACKOFF_RESET_AFTER};
+pub use config::{
+    ManagerConfig, ManagerConfigBuilder, DEFAULT_BACKOFF_RESET_AFTER, DEFAULT_EVENT_CAPACITY,
+};
 pub use connector::{
     BoxTransport, Connect, ConnectFuture, Connector, ConnectorBuilder, FnConnector, Transport,
     DEFAULT_CONNECT_TIMEOUT,

@@ -731,3 +731,52 @@ async fn session_lost_is_reported_whenever_a_resume_was_asked_for_and_refused() 
     })
     .await
 }
+
+/// The event channel keeps the configured number of events for a receiver that does not
+/// read (its room is reserved up front, per manager, so the default is small): six refusing
+/// servers make more events than a capacity of 4, and the receiver hears `Lagged` with the
+/// count it lost, then the newest four.
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_falls_behind_the_event_capacity_hears_lagged() {
+    within(async {
+        let net = Net::new(TestServer::start().await.unwrap()).await;
+        let urls = [
+            "mqtt://refuse-1",
+            "mqtt://refuse-2",
+            "mqtt://refuse-3",
+            "mqtt://refuse-4",
+            "mqtt://refuse-5",
+            "mqtt://good",
+        ];
+        let cfg = config(&net, &urls, "lag")
+            .event_capacity(4)
+            .build()
+            .unwrap();
+        let mgr = ConnectionManager::start(cfg, session(0), queue());
+        let mut events = mgr.events();
+        mgr.await_connection().await.unwrap();
+        // Connecting + ConnectFailed for each refusal, then Connecting + Connected: 12 events.
+        match events.recv().await {
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                assert!(n >= 8, "lost {n}")
+            }
+            other => panic!("expected Lagged, got {other:?}"),
+        }
+        let mut kept = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            kept.push(e);
+        }
+        assert!(kept.len() <= 4, "{kept:?}");
+        assert!(
+            matches!(kept.last(), Some(Event::Connected { .. })),
+            "{kept:?}"
+        );
+        assert_eq!(
+            autopaho::DEFAULT_EVENT_CAPACITY,
+            64,
+            "the documented default"
+        );
+        mgr.disconnect().await.unwrap();
+    })
+    .await
+}
