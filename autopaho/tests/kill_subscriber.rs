@@ -759,8 +759,8 @@ async fn mosquitto_without_persistence_restarted_between_a_publisher_kill_and_it
 /// The window the subscriber's kills rely on: a message is acknowledged only after the
 /// handlers ran. Before the fix the manager acked when it took the message from the
 /// connection, before calling the handlers, so a process killed in between lost it (acked,
-/// never processed). The handler here holds the message for 300 ms and looks at what the
-/// broker received meanwhile: no PUBACK/PUBREC may be there yet.
+/// never processed). The handler here holds the message while the test makes a round trip
+/// through the same connection: no PUBACK/PUBREC for it may reach the broker before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
     bounded(async {
@@ -778,25 +778,16 @@ async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
                 .unwrap(),
             SessionConfig::new(),
         );
-        let acked_early = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (Arc::clone(&server), Arc::clone(&acked_early));
+        // The handler tells the test it holds the message, then waits until the test says go.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         mgr.add_on_publish_received(move |m| {
-            // Off the worker (with its queued tasks), so that the connection's task can run
-            // meanwhile and send an ack if one was asked for.
-            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(300)));
-            let acks = s
-                .received_from("acker")
-                .iter()
-                .filter(|p| {
-                    matches!(
-                        p,
-                        paho::packets::Packet::PubAck(_) | paho::packets::Packet::PubRec(_)
-                    )
-                })
-                .count();
-            a.lock().unwrap().push((m.qos(), acks));
-            let _ = tx.send(());
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let _ = tx.send((m.qos(), go_tx));
+            // Off the worker (with its queued tasks), so that the connection's task and the
+            // test run meanwhile.
+            tokio::task::block_in_place(|| {
+                let _ = go_rx.recv();
+            });
         });
         mgr.subscribe(
             vec![Subscription::new(
@@ -807,6 +798,7 @@ async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
         )
         .await
         .unwrap();
+        let mut seen = Vec::new();
         for (n, qos) in [QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
             server.publish(Publish {
                 topic: "ack/x".into(),
@@ -814,7 +806,31 @@ async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
                 payload: Bytes::from_static(b"x"),
                 ..Default::default()
             });
-            rx.recv().await.unwrap();
+            let (got, go) = rx.recv().await.unwrap();
+            // While the handler holds the message, a round trip through the same connection:
+            // its commands are taken in order, so an ack queued before the handler ran (the
+            // bug) reaches the broker before this probe's PUBLISH, and is in its log once the
+            // probe's PUBACK is back. No timing involved.
+            mgr.publish(Publish {
+                topic: "probe/x".into(),
+                qos: QoS::AtLeastOnce,
+                payload: Bytes::from_static(b"probe"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let acks = server
+                .received_from("acker")
+                .iter()
+                .filter(|p| {
+                    matches!(
+                        p,
+                        paho::packets::Packet::PubAck(_) | paho::packets::Packet::PubRec(_)
+                    )
+                })
+                .count();
+            seen.push((got, acks));
+            go.send(()).unwrap();
             // It is acknowledged after the handler, though.
             server
                 .wait_for_count(n + 1, |e| {
@@ -825,7 +841,6 @@ async fn a_message_is_acknowledged_only_after_the_handlers_returned() {
                 })
                 .await;
         }
-        let seen = acked_early.lock().unwrap().clone();
         assert_eq!(
             seen,
             vec![(QoS::AtLeastOnce, 0), (QoS::ExactlyOnce, 1)],
